@@ -1,0 +1,48 @@
+# s4s-jupyter: the two set-up commands of the README are `make demo` and `make test`.
+# Both work on a fresh Debian 12 machine with Python >= 3.11: they create .venv and install everything.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+DATA   ?= demo-data
+# Debian packages the tests drive as outside components (Orthanc, dcmtk, headless Chromium).
+DEBIAN_PACKAGES = orthanc orthanc-dicomweb dcmtk chromium
+SUDO = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test lint typecheck pytest venv debian clean-demo bench
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -U pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+# Installs the Debian packages only when one is missing (apt-get update first, as Debian requires).
+debian:
+	@if ! dpkg -s $(DEBIAN_PACKAGES) >/dev/null 2>&1; then \
+		echo "installing Debian packages: $(DEBIAN_PACKAGES)"; \
+		$(SUDO) apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $(DEBIAN_PACKAGES); \
+	fi
+
+lint: venv
+	$(BIN)/ruff check .
+
+typecheck: venv
+	$(BIN)/mypy
+
+pytest: venv debian
+	$(BIN)/pytest
+
+# The test command: lint, types, then every test (real servers on loopback, Orthanc, Chromium).
+test: venv debian lint typecheck pytest
+
+# The main job: the demo stack on loopback (URLs in $(DATA)/urls.json).
+demo: venv
+	mkdir -p $(DATA)
+	$(BIN)/s4s-servers demo --data-dir $(DATA) --urls-file $(DATA)/urls.json
+
+clean-demo:
+	rm -rf $(DATA)

@@ -1,0 +1,136 @@
+"""Serving Tornado applications on loopback, several in one process.
+
+A :class:`ServerLoop` owns an asyncio event loop in a background thread. Each role's app factory is
+served on sockets bound before the app is built, so the app (and every other role) knows its own URL
+from the start. The CLI and the test fixtures both use it, so tests run the servers exactly as users do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
+from tornado.web import Application
+
+T = TypeVar("T")
+
+#: settings key of an Application: callables run (in order) when the server stops.
+CLEANUP_KEY = "s4s_cleanup"
+
+
+@dataclass
+class Reservation:
+    """Listening sockets bound before their application exists."""
+
+    host: str
+    port: int
+    sockets: list[socket.socket]
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+
+def reserve(host: str = "127.0.0.1", port: int = 0) -> Reservation:
+    """Bind a listening socket on ``host:port`` (0 picks a free port)."""
+    socks = bind_sockets(port, host, family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+    return Reservation(host, socks[0].getsockname()[1], socks)
+
+
+@dataclass
+class Served:
+    url: str
+    server: HTTPServer
+    app: Application
+
+
+@dataclass
+class ServerLoop:
+    """An event loop in a daemon thread, serving any number of Tornado applications."""
+
+    loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
+    served: list[Served] = field(default_factory=list)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> ServerLoop:
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            self.loop.call_soon(ready.set)
+            self.loop.run_forever()
+
+        self._thread = threading.Thread(target=run, name="s4s-server-loop", daemon=True)
+        self._thread.start()
+        ready.wait()
+        return self
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the loop's thread and return its result."""
+        fut: Future[T] = Future()
+
+        def run() -> None:
+            try:
+                fut.set_result(fn())
+            except BaseException as exc:  # handed to the caller's thread
+                fut.set_exception(exc)
+
+        self.loop.call_soon_threadsafe(run)
+        return fut.result()
+
+    def run(self, coro: Awaitable[T]) -> T:
+        """Run a coroutine on the loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()  # type: ignore[arg-type]
+
+    def serve(
+        self,
+        factory: Callable[[str], Application],
+        reservation: Reservation | None = None,
+        **server_options: Any,
+    ) -> Served:
+        """Build ``factory(url)`` on the loop's thread and serve it on ``reservation`` (a free port if None).
+
+        ``server_options`` go to :class:`tornado.httpserver.HTTPServer` (``max_body_size``, ...).
+        """
+        res = reservation or reserve()
+
+        def build() -> Served:
+            app = factory(res.url)
+            server = HTTPServer(app, xheaders=False, **server_options)
+            server.add_sockets(res.sockets)
+            return Served(res.url, server, app)
+
+        served = self.call(build)
+        self.served.append(served)
+        return served
+
+    def stop(self) -> None:
+        """Stop every server, run the apps' cleanups, and end the loop."""
+
+        async def shutdown() -> None:
+            for s in reversed(self.served):
+                s.server.stop()
+                await s.server.close_all_connections()
+                for cleanup in s.app.settings.get(CLEANUP_KEY, []):
+                    result = cleanup()
+                    if asyncio.iscoroutine(result):
+                        await result
+
+        if self._thread is None:
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(timeout=30)
+        finally:
+            self.served.clear()
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout=30)
+            self._thread = None
+            self.loop.close()

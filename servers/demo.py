@@ -58,7 +58,7 @@ def start_stack(ctx: DemoContext, loop: ServerLoop, first_port: int = 0) -> dict
         if role not in ctx.reservations:
             ctx.reservations[role] = reserve(ctx.host, first_port + n if first_port else 0)
     urls: dict[str, Any] = {}
-    for role, module_name in DEMO_ROLES.items():
+    for module_name in DEMO_ROLES.values():
         module = importlib.import_module(module_name)
         urls.update(module.start_in_demo(ctx, loop))
     return urls

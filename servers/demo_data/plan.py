@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 from pydicom.uid import generate_uid
 
 #: The instant the synthetic history ends; dates are spread over the years before it.
-ANCHOR = datetime(2026, 6, 1, 12, 0, 0, tzinfo=timezone.utc)
+ANCHOR = datetime(2026, 6, 1, 12, 0, 0, tzinfo=UTC)
 
 #: UID root for generated UIDs (pydicom's registered root; suffixes come from the seed).
 UID_ROOT = "1.2.826.0.1.3680043.8.498."
@@ -36,8 +36,8 @@ class ModalityTemplate:
 
 #: Study kinds the generator picks from. SOP classes: CT Image, MR Image, Computed Radiography Image.
 STUDY_KINDS: tuple[ModalityTemplate, ...] = (
-    ModalityTemplate("CT", "CT CHEST WITH CONTRAST", "CHEST", ("Axial 5mm", "Axial 1.25mm lung", "Coronal MPR"),
-                     "1.2.840.10008.5.1.4.1.1.2"),
+    ModalityTemplate("CT", "CT CHEST WITH CONTRAST", "CHEST",
+                     ("Axial 5mm", "Axial 1.25mm lung", "Coronal MPR"), "1.2.840.10008.5.1.4.1.1.2"),
     ModalityTemplate("CT", "CT HEAD WITHOUT CONTRAST", "HEAD", ("Axial brain", "Axial bone"),
                      "1.2.840.10008.5.1.4.1.1.2"),
     ModalityTemplate("MR", "MRI BRAIN", "BRAIN", ("T1 axial", "T2 axial", "FLAIR axial"),

@@ -1,0 +1,207 @@
+"""``multipart/related`` (RFC 2387) as DICOMweb uses it (PS3.18 8.7.1.2 and 8.6.1.2).
+
+A writer for servers that stream parts, and an incremental parser for bodies that arrive in chunks
+(STOW-RS uploads, WADO-RS downloads of whole studies) so neither side holds a study in memory.
+Hand-written because the standard library's ``email`` parser needs the whole body in memory and the
+multipart libraries on PyPI target ``multipart/form-data``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from email.message import Message
+
+CRLF = b"\r\n"
+
+
+def new_boundary() -> str:
+    """A random boundary that will not occur in DICOM content by chance."""
+    return "s4s-" + secrets.token_hex(16)
+
+
+def parse_content_type(value: str) -> tuple[str, dict[str, str]]:
+    """Split a Content-Type (or Accept item) into its lower-case media type and parameters.
+
+    Quoted parameter values are unquoted (``type="application/dicom"``). Parameter names are lower-cased.
+    """
+    msg = Message()
+    msg["content-type"] = value
+    media = msg.get_content_type()  # falls back to text/plain for garbage
+    if "/" not in value.split(";", 1)[0]:
+        media = ""
+    params = {k.lower(): str(v) for k, v in msg.get_params(failobj=[])[1:]}
+    return media, params
+
+
+def related_content_type(boundary: str, part_type: str, **params: str) -> str:
+    """The ``Content-Type`` of a ``multipart/related`` body whose parts are of ``part_type``."""
+    extra = "".join(f'; {k.replace("_", "-")}={v}' for k, v in params.items())
+    return f'multipart/related; type="{part_type}"; boundary={boundary}{extra}'
+
+
+def part_head(boundary: str, content_type: str, *, first: bool = False,
+              headers: dict[str, str] | None = None) -> bytes:
+    """The delimiter and headers that open one part (the preceding part's trailing CRLF included)."""
+    lines = [("" if first else "\r\n") + f"--{boundary}", f"Content-Type: {content_type}"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def closing(boundary: str) -> bytes:
+    """The close delimiter of the body."""
+    return f"\r\n--{boundary}--\r\n".encode("latin-1")
+
+
+def encode_parts(parts: list[tuple[str, bytes]], boundary: str | None = None) -> tuple[bytes, str]:
+    """Encode small ``(content_type, payload)`` parts into one body; returns ``(body, boundary)``."""
+    b = boundary or new_boundary()
+    chunks = []
+    for i, (ctype, payload) in enumerate(parts):
+        chunks += [part_head(b, ctype, first=i == 0), payload]
+    chunks.append(closing(b))
+    return b"".join(chunks), b
+
+
+class MultipartError(ValueError):
+    """A body that is not well-formed ``multipart/related``."""
+
+
+@dataclass
+class PartStart:
+    headers: dict[str, str]  # names lower-cased
+
+
+@dataclass
+class PartData:
+    data: bytes
+
+
+@dataclass
+class PartEnd:
+    pass
+
+
+Event = PartStart | PartData | PartEnd
+
+
+@dataclass
+class MultipartParser:
+    """Incremental parser: ``feed(chunk)`` yields events; ``close()`` checks the body ended properly.
+
+    Memory is bounded by the chunk size plus the boundary length, whatever the size of a part.
+    """
+
+    boundary: str
+    max_header_bytes: int = 16384
+    _buf: bytearray = field(default_factory=bytearray)
+    _state: str = "preamble"  # preamble | after_delim | headers | body | epilogue
+    _in_part: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.boundary or len(self.boundary) > 200:
+            raise MultipartError("missing or oversized multipart boundary")
+        self._dash = b"--" + self.boundary.encode("latin-1")
+        self._delim = CRLF + self._dash
+
+    def feed(self, chunk: bytes) -> Iterator[Event]:
+        self._buf += chunk
+        while True:
+            if self._state == "preamble":
+                # the first delimiter may start the body, or follow a preamble line
+                if self._buf.startswith(self._dash):
+                    del self._buf[: len(self._dash)]
+                    self._state = "after_delim"
+                    continue
+                i = self._buf.find(self._delim)
+                if i < 0:
+                    keep = len(self._delim)
+                    if len(self._buf) > keep:
+                        del self._buf[: len(self._buf) - keep]
+                    return
+                del self._buf[: i + len(self._delim)]
+                self._state = "after_delim"
+            elif self._state == "after_delim":
+                if len(self._buf) < 2:
+                    return
+                if self._buf[:2] == b"--":
+                    del self._buf[:2]
+                    self._state = "epilogue"
+                    continue
+                # transport padding (spaces/tabs) may precede the CRLF
+                j = self._buf.find(CRLF)
+                if j < 0:
+                    if len(self._buf) > 1024:
+                        raise MultipartError("malformed delimiter line")
+                    return
+                if self._buf[:j].strip(b" \t"):
+                    raise MultipartError("malformed delimiter line")
+                del self._buf[: j + 2]
+                self._state = "headers"
+            elif self._state == "headers":
+                if self._buf.startswith(CRLF):  # a part without headers
+                    del self._buf[:2]
+                    self._in_part = True
+                    self._state = "body"
+                    yield PartStart({})
+                    continue
+                j = self._buf.find(b"\r\n\r\n")
+                if j < 0:
+                    if len(self._buf) > self.max_header_bytes:
+                        raise MultipartError("part headers too large")
+                    return
+                headers = _parse_headers(bytes(self._buf[:j]))
+                del self._buf[: j + 4]
+                self._in_part = True
+                self._state = "body"
+                yield PartStart(headers)
+            elif self._state == "body":
+                i = self._buf.find(self._delim)
+                if i < 0:
+                    safe = len(self._buf) - len(self._delim) + 1
+                    if safe > 0:
+                        yield PartData(bytes(self._buf[:safe]))
+                        del self._buf[:safe]
+                    return
+                if i:
+                    yield PartData(bytes(self._buf[:i]))
+                del self._buf[: i + len(self._delim)]
+                self._in_part = False
+                self._state = "after_delim"
+                yield PartEnd()
+            else:  # epilogue: ignored
+                self._buf.clear()
+                return
+
+    def close(self) -> None:
+        """Raise :class:`MultipartError` unless the close delimiter was seen."""
+        if self._state != "epilogue":
+            raise MultipartError("multipart body ended before its close delimiter")
+
+
+def _parse_headers(raw: bytes) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for line in raw.decode("latin-1").split("\r\n"):
+        if not line.strip():
+            continue
+        name, sep, value = line.partition(":")
+        if not sep:
+            raise MultipartError(f"malformed part header line: {line[:80]!r}")
+        headers[name.strip().lower()] = value.strip()
+    return headers
+
+
+def iter_parts(body: bytes, boundary: str) -> Iterator[tuple[dict[str, str], bytes]]:
+    """Parse a whole in-memory body into ``(headers, payload)`` pairs."""
+    parser = MultipartParser(boundary)
+    headers: dict[str, str] = {}
+    data: list[bytes] = []
+    for event in parser.feed(body):
+        if isinstance(event, PartStart):
+            headers, data = event.headers, []
+        elif isinstance(event, PartData):
+            data.append(event.data)
+        else:
+            yield headers, b"".join(data)
+    parser.close()

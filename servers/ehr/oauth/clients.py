@@ -34,7 +34,7 @@ KIT_REDIRECT_URIS = (
     "http://localhost/callback",
     "http://127.0.0.1/s4s/oauth/callback",
 )
-KIT_SCOPE = ("launch launch/patient openid fhirUser profile offline_access online_access "
+KIT_SCOPE = ("launch/patient openid fhirUser profile offline_access online_access "
              "patient/*.rs user/*.rs")
 #: Confidential demo clients: the FHIR broker and the token introspection service.
 BROKER_CLIENT_ID = "s4s-broker"

@@ -1,0 +1,88 @@
+"""The EHR's Tornado application: the SMART authorization server and the FHIR R4 API in one app.
+
+:func:`make_app` builds everything from an :class:`~servers.ehr.settings.EHRSettings` and the URL the app
+is served at; nothing is global, so tests run several EHRs in one process. The app's settings carry an
+:class:`EHRServices` under ``"s4s_ehr"`` for parts mounted later (the broker inside the EHR) that need the
+in-process :class:`~servers.ehr.oauth.introspector.TokenIntrospector`.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import tornado.web
+
+from servers.base import log_request
+from servers.runtime import CLEANUP_KEY
+
+from .oauth.clients import ClientRegistry
+from .oauth.endpoints import OAuthEndpoints
+from .oauth.handlers import auth_routes
+from .oauth.idtoken import IdTokenSigner
+from .oauth.introspector import TokenIntrospector
+from .oauth.pages import AuthContext
+from .oauth.server import SmartAuthorizationServer
+from .oauth.store import OAuthStore
+from .oauth.users import fhir_user_reference
+from .settings import EHRSettings
+
+log = logging.getLogger("s4s.ehr")
+
+#: key of :class:`EHRServices` in ``Application.settings``
+SERVICES_KEY = "s4s_ehr"
+
+
+@dataclass(frozen=True)
+class EHRServices:
+    """The EHR's parts, for code mounted in the same application."""
+
+    endpoints: OAuthEndpoints
+    store: OAuthStore
+    introspector: TokenIntrospector
+    authorization_server: SmartAuthorizationServer
+
+
+def build_authorization_server(settings: EHRSettings, base_url: str) -> SmartAuthorizationServer:
+    """The authorization server with its store, seeded with the plan's users and the settings' clients."""
+    endpoints = OAuthEndpoints(base_url)
+    settings.ehr_dir.mkdir(parents=True, exist_ok=True)
+    store = OAuthStore(settings.oauth_db_path, settings.clock)
+    for u in settings.plan.users:
+        store.add_user(u.username, u.password, u.display_name, u.patient_ids,
+                       fhir_user_reference(u.username, u.patient_ids, caregiver=len(u.patient_ids) > 1))
+    signer = IdTokenSigner.load_or_create(settings.signing_key_path, endpoints.issuer)
+    return SmartAuthorizationServer(settings, endpoints, ClientRegistry(settings.clients), store, signer)
+
+
+def fhir_api_routes(settings: EHRSettings, introspector: TokenIntrospector, fhir_base: str) -> list[Any]:
+    """The FHIR R4 API's URL rules (:mod:`servers.ehr.fhir`), built from the demo plan."""
+    try:
+        from .fhir.routes import fhir_routes
+        from .fhir.store import build_store
+    except ImportError as exc:  # the FHIR API lands separately; the auth server works without it
+        log.warning("FHIR API not available (%s); serving the authorization server only", exc)
+        return []
+    return list(fhir_routes(build_store(settings.plan), introspector, fhir_base))
+
+
+def make_app(settings: EHRSettings, base_url: str) -> tornado.web.Application:
+    """Build the EHR served at ``base_url`` (FHIR base ``{base_url}/fhir``, OAuth under ``/auth``)."""
+    if settings.auto_approve:
+        log.warning("*** --auto-approve is ON (demo only): the EHR grants every authorization request with a "
+                    "loopback redirect URI WITHOUT login or consent ***")
+    server = build_authorization_server(settings, base_url)
+    ctx = AuthContext(server, settings.plan)
+    routes: list[Any] = auth_routes(ctx)
+    routes += fhir_api_routes(settings, server.introspector, server.endpoints.fhir_base)
+    app = tornado.web.Application(
+        routes,
+        cookie_secret=settings.cookie_secret or secrets.token_urlsafe(32),
+        log_function=log_request,
+        xsrf_cookie_kwargs={"httponly": True, "samesite": "Strict", "path": "/auth"},
+    )
+    app.settings[SERVICES_KEY] = EHRServices(server.endpoints, server.store, server.introspector, server)
+    app.settings[CLEANUP_KEY] = [server.store.close]
+    return app

@@ -23,6 +23,7 @@ from servers.runtime import ServerLoop
 ROLES: dict[str, str] = {
     "demo": "servers.demo",
     "pacs": "servers.pacs.command",
+    "ehr": "servers.ehr.command",
 }
 
 log = logging.getLogger("s4s.servers")

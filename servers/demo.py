@@ -23,6 +23,7 @@ log = logging.getLogger("s4s.demo")
 #: the roles of the stack, in start order; each module has start_in_demo(ctx, loop) -> dict of URLs
 DEMO_ROLES: dict[str, str] = {
     "pacs": "servers.pacs.command",
+    "ehr": "servers.ehr.command",
 }
 
 

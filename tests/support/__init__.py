@@ -1,0 +1,1 @@
+"""Test support shared by tests and benchmarks: outside systems (Orthanc) started from project config."""

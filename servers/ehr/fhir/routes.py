@@ -19,14 +19,21 @@ _TYPE = r"([A-Z][A-Za-z]+)"
 
 
 def fhir_routes(store: FHIRStore, introspector: Introspector, fhir_base: str,
-                oauth_urls: Mapping[str, str], *, clock: Callable[[], float] = time.time
+                oauth_urls: Mapping[str, str] | None = None, *, clock: Callable[[], float] = time.time
                 ) -> list[tuple[str, type, dict[str, Any]]]:
     """Tornado URL rules for the FHIR API.
 
     ``introspector.introspect(token)`` answers RFC 7662 for a bearer token (sync or async);
     ``oauth_urls`` has the keys ``authorize``, ``token``, ``introspect``, ``revoke`` for the
-    CapabilityStatement's SMART ``oauth-uris`` extension; ``clock`` gives POSIX seconds (token ``exp``).
+    CapabilityStatement's SMART ``oauth-uris`` extension (default: the EHR's own layout,
+    :class:`servers.ehr.oauth.endpoints.OAuthEndpoints`); ``clock`` gives POSIX seconds (token ``exp``).
     """
+    if oauth_urls is None:
+        from servers.ehr.oauth.endpoints import OAuthEndpoints
+
+        ep = OAuthEndpoints.from_fhir_base(fhir_base)
+        oauth_urls = {"authorize": ep.authorize, "token": ep.token, "introspect": ep.introspect,
+                      "revoke": ep.revoke}
     kwargs: dict[str, Any] = {"store": store, "introspector": introspector, "fhir_base": fhir_base,
                               "oauth_urls": dict(oauth_urls), "clock": clock}
     return [

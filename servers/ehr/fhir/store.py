@@ -70,10 +70,12 @@ class FHIRStore:
     """A FHIR R4 resource store on SQLite. Thread-safe (one connection behind a lock)."""
 
     def __init__(self, path: str | Path) -> None:
+        """Open (creating if needed) the store at ``path``; ``":memory:"`` for a throw-away store."""
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if str(path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
@@ -290,3 +292,15 @@ def _references(values: Iterable[Any]) -> list[tuple[str, str]]:
             t, i = ref.split("/")
             out.append((t, i))
     return out
+
+
+#: file name of the store under the EHR's folder of the data folder
+STORE_FILE = "fhir.sqlite"
+
+
+def build_store(plan: DemoPlan, path: str | Path = ":memory:") -> FHIRStore:
+    """Open the store at ``path`` (the EHR app passes ``{data_dir}/ehr/fhir.sqlite``) and load ``plan``'s
+    clinical resources into it unless it already holds them."""
+    store = FHIRStore(path)
+    store.load_demo(plan)
+    return store

@@ -1,0 +1,9 @@
+"""The FHIR Broker: FHIR ``ImagingStudy`` built from QIDO-RS, and a guarded DICOMweb pass-through.
+
+Modules: :mod:`.settings` (configuration), :mod:`.authorizer` (the Authorizer protocol: remote RFC 7662
+introspection, or in process), :mod:`.upstream` (the Upstream protocol) and :mod:`.dicomweb_upstream`
+(its DICOMweb implementation), :mod:`.patients` (FHIR Patient -> DICOM PatientID), :mod:`.service` (the
+domain: searches, ownership checks, QIDO filtering), :mod:`.rewrite` (URLs in DICOM JSON answers),
+:mod:`.audit` (the audit trail), :mod:`.fhir_handlers` and :mod:`.dicomweb_handlers` (HTTP),
+:mod:`.app` (wiring: ``make_app`` and ``broker_routes``), :mod:`.command` (CLI).
+"""

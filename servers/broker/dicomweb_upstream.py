@@ -1,0 +1,161 @@
+"""The DICOMweb implementation of the broker's :class:`~servers.broker.upstream.Upstream`.
+
+Built on httpx's ``AsyncClient`` streaming rather than Tornado's ``AsyncHTTPClient``: Tornado's
+``streaming_callback`` is a plain callback, so it cannot wait for the client side to drain and a slow
+client makes the broker buffer the study; with ``async for chunk in response.aiter_raw()`` the broker
+reads the next chunk from the PACS only after the previous one went out (``await handler.flush()``),
+so memory stays flat whatever the study size, and timeouts are per phase (connect, read, pool).
+
+The user's token never goes upstream: requests carry only ``Accept``, ``Accept-Encoding: identity``
+(so bodies pass through byte for byte and JSON can be rewritten) and the broker's own optional
+``Authorization`` for the PACS. Hop-by-hop headers (RFC 9110 7.6.1) are dropped from answers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from s4s_jupyter.core.errors import DICOMwebError, UpstreamError
+from servers.broker.upstream import DicomJSON, QueryLevel, UpstreamBroken
+
+#: RFC 9110 7.6.1 hop-by-hop fields (plus the ones a proxy must not pass on), never forwarded.
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
+                        "trailer", "transfer-encoding", "upgrade", "proxy-connection"})
+#: end-to-end answer headers handed to the client (anything else, e.g. Set-Cookie or Server, is not)
+PASSED_HEADERS = frozenset({"content-type", "content-length", "content-location", "content-language",
+                            "content-disposition", "etag", "last-modified", "warning", "cache-control"})
+
+
+def _connection_listed(headers: httpx.Headers) -> set[str]:
+    return {t.strip().lower() for v in headers.get_list("connection") for t in v.split(",") if t.strip()}
+
+
+def end_to_end_headers(headers: httpx.Headers) -> dict[str, str]:
+    """The answer headers the broker passes on: the allow-list, minus hop-by-hop and Connection-named."""
+    drop = HOP_BY_HOP | _connection_listed(headers)
+    return {k.lower(): v for k, v in headers.items() if k.lower() in PASSED_HEADERS and k.lower() not in drop}
+
+
+def _error_for_status(r: httpx.Response, what: str) -> UpstreamError | DICOMwebError:
+    status = r.status_code
+    if status == 503:
+        return UpstreamError(f"the PACS is unavailable ({what})", status=503,
+                             retry_after=r.headers.get("retry-after"))
+    if status == 504:
+        return UpstreamError(f"the PACS timed out ({what})", status=504)
+    if status >= 500 or status in (401, 403, 407):
+        # 401/403 here are the PACS refusing the broker itself: a gateway problem, not the user's
+        return UpstreamError(f"the PACS answered {status} ({what})", status=502)
+    if status == 404:
+        return DICOMwebError("not found", status=404)
+    return DICOMwebError(f"the PACS refused the request ({status})", status=status if status >= 400 else 502)
+
+
+@dataclass
+class _Stream:
+    response: httpx.Response
+    status: int
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    async def iter_bytes(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self.response.aiter_raw():
+                if chunk:
+                    yield chunk
+        except httpx.HTTPError as exc:
+            raise UpstreamBroken(f"the PACS answer broke off ({type(exc).__name__})") from None
+
+
+class DICOMwebUpstream:
+    """A DICOMweb PACS at ``base_url`` (its ``.../dicom-web`` base)."""
+
+    def __init__(self, base_url: str, *, timeout: float = 30.0, authorization: str | None = None,
+                 max_json_bytes: int = 256 * 1024 * 1024, http: httpx.AsyncClient | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.max_json_bytes = max_json_bytes
+        self._own_http = http is None
+        self.http = http or httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout), trust_env=False, follow_redirects=False,
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50))
+        self._auth = authorization
+
+    def _headers(self, accept: str | None) -> dict[str, str]:
+        headers = {"Accept-Encoding": "identity"}
+        if accept:
+            headers["Accept"] = accept
+        if self._auth:
+            headers["Authorization"] = self._auth
+        return headers
+
+    @asynccontextmanager
+    async def _open(self, path: str, params: Sequence[tuple[str, str]],
+                    accept: str | None) -> AsyncIterator[httpx.Response]:
+        request = self.http.build_request("GET", f"{self.base_url}/{path}", params=list(params),
+                                          headers=self._headers(accept))
+        try:
+            response = await self.http.send(request, stream=True)
+        except httpx.TimeoutException:
+            raise UpstreamError("the PACS timed out", status=504) from None
+        except httpx.HTTPError as exc:
+            raise UpstreamError(f"the PACS cannot be reached or answered garbage ({type(exc).__name__})"
+                                ) from None
+        try:
+            yield response
+        finally:
+            await response.aclose()
+
+    @asynccontextmanager
+    async def retrieve(self, path: str, params: Sequence[tuple[str, str]],
+                       accept: str | None) -> AsyncIterator[_Stream]:
+        async with self._open(path, params, accept) as response:
+            if response.status_code >= 300:
+                raise _error_for_status(response, "retrieve")
+            yield _Stream(response, response.status_code, end_to_end_headers(response.headers))
+
+    async def _json(self, path: str, params: Sequence[tuple[str, str]], what: str) -> list[DicomJSON]:
+        async with self._open(path, params, "application/dicom+json") as response:
+            if response.status_code == 204:
+                return []
+            if response.status_code != 200:
+                raise _error_for_status(response, what)
+            body = bytearray()
+            try:
+                async for chunk in response.aiter_raw():
+                    body += chunk
+                    if len(body) > self.max_json_bytes:
+                        raise UpstreamError(f"the PACS {what} answer is too large for the broker")
+            except httpx.TimeoutException:
+                raise UpstreamError(f"the PACS timed out ({what})", status=504) from None
+            except httpx.HTTPError as exc:
+                raise UpstreamError(f"the PACS {what} answer broke off ({type(exc).__name__})") from None
+        if not body.strip():
+            return []
+        try:
+            data: Any = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise UpstreamError(f"the PACS answered a {what} that is not JSON") from None
+        if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
+            raise UpstreamError(f"the PACS answered a {what} that is not a DICOM JSON array")
+        return data
+
+    async def query(self, level: QueryLevel, params: Sequence[tuple[str, str]], *,
+                    study_uid: str | None = None, series_uid: str | None = None) -> list[DicomJSON]:
+        path = ""
+        if study_uid:
+            path = f"studies/{study_uid}/"
+            if series_uid:
+                path += f"series/{series_uid}/"
+        return await self._json(path + level.value, params, "QIDO-RS answer")
+
+    async def metadata(self, path: str) -> list[DicomJSON]:
+        return await self._json(path, (), "metadata")
+
+    async def aclose(self) -> None:
+        if self._own_http:
+            await self.http.aclose()

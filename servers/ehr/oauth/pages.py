@@ -78,6 +78,11 @@ class AuthPageHandler(BaseHandler):
         for name, value in PAGE_HEADERS.items():
             self.set_header(name, value)
 
+    def prepare(self) -> None:
+        """Every form POST carries the XSRF token of this browser (RFC 9700 4.4; Tornado's ``_xsrf``)."""
+        if self.request.method == "POST":
+            self.check_xsrf_cookie()
+
     def get_template_path(self) -> str:
         return str(TEMPLATES)
 

@@ -58,9 +58,9 @@ def parse_form(html: str) -> Form:
     return parser.forms[0]
 
 
-def launch_params(ehr_url: str, *, client_id: str = "s4s-jupyter",
-                  redirect_uri: str = "http://127.0.0.1:8765/callback",
-                  scope: str = "launch/patient openid fhirUser offline_access patient/*.rs",
+def launch_params(ehr_url: str, *, client_id: str | None = "s4s-jupyter",
+                  redirect_uri: str | None = "http://127.0.0.1:8765/callback",
+                  scope: str | None = "launch/patient openid fhirUser offline_access patient/*.rs",
                   **extra: str | None) -> tuple[dict[str, str], str]:
     """Standalone-launch authorize parameters and their PKCE verifier. ``extra`` overrides (None drops)."""
     verifier = make_verifier()

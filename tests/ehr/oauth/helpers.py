@@ -43,9 +43,10 @@ def tokens(ehr: RunningEHR, **overrides: str | None) -> dict[str, Any]:
     return body
 
 
-def refresh(ehr: RunningEHR, refresh_token: str, client_id: str = "s4s-jupyter", **extra: str) -> httpx.Response:
-    return httpx.post(ehr.endpoints.token, data={"grant_type": "refresh_token", "refresh_token": refresh_token,
-                                                 "client_id": client_id, **extra})
+def refresh(ehr: RunningEHR, refresh_token: str, client_id: str = "s4s-jupyter",
+            **extra: str) -> httpx.Response:
+    data = {"grant_type": "refresh_token", "refresh_token": refresh_token, "client_id": client_id, **extra}
+    return httpx.post(ehr.endpoints.token, data=data)
 
 
 def active(ehr: RunningEHR, token: str) -> bool:
@@ -59,6 +60,6 @@ def active(ehr: RunningEHR, token: str) -> bool:
     return True
 
 
-def authorize_raw(ehr: RunningEHR, params: dict[str, str] | list[tuple[str, str]]) -> httpx.Response:
+def authorize_raw(ehr: RunningEHR, params: Any) -> httpx.Response:
     """One authorize request, no redirects followed."""
     return httpx.get(ehr.endpoints.authorize, params=params, follow_redirects=False)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from authlib.integrations.requests_client import OAuth2Session as OAuth2Client
 from authlib.integrations.base_client import OAuthError as ClientOAuthError
+from authlib.integrations.requests_client import OAuth2Session as OAuth2Client
 from joserfc import jwt
 from joserfc.jwk import KeySet
 
@@ -114,9 +114,10 @@ def test_deny_redirects_with_access_denied_and_state(ehr: RunningEHR) -> None:
 def test_confidential_client_uses_client_secret_basic(ehr: RunningEHR) -> None:
     user = ehr.plan.users[-1]
     redirect = "https://app.example.org/callback"
-    with OAuth2Client(client_id="web-app", client_secret=SECRETS["web-app"], redirect_uri=redirect,
-                      scope="launch/patient offline_access patient/*.rs", code_challenge_method="S256",
-                      token_endpoint_auth_method="client_secret_basic") as client, PageUser(ehr.url) as person:
+    client = OAuth2Client(client_id="web-app", client_secret=SECRETS["web-app"], redirect_uri=redirect,
+                          scope="launch/patient offline_access patient/*.rs", code_challenge_method="S256",
+                          token_endpoint_auth_method="client_secret_basic")
+    with client, PageUser(ehr.url) as person:
         verifier = make_verifier()
         url, _ = client.create_authorization_url(ehr.endpoints.authorize, code_verifier=verifier,
                                                  aud=ehr.fhir_base)

@@ -113,7 +113,8 @@ def test_client_credentials_for_confidential_clients_with_system_scopes(ehr: Run
     info = ehr.services.introspector.introspect(body["access_token"])
     assert info.active and info.scope == "system/*.rs" and info.client_id == "s4s-broker" and info.sub is None
     for bad in ("patient/*.rs", "system/*.cruds", "system/*.rs openid", "", "nonsense"):
-        r = httpx.post(ehr.endpoints.token, data={"grant_type": "client_credentials", "scope": bad}, auth=auth)
+        r = httpx.post(ehr.endpoints.token, data={"grant_type": "client_credentials", "scope": bad},
+                       auth=auth)
         assert r.status_code == 400 and r.json()["error"] == "invalid_scope", bad
 
 

@@ -1,0 +1,29 @@
+"""Settings of the PACS, one frozen value object handed to :func:`servers.pacs.app.make_app`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+#: URL path prefix of the DICOMweb service: the base URL is ``http://host:port/dicom-web``.
+BASE_PATH = "/dicom-web"
+
+
+@dataclass(frozen=True)
+class PACSSettings:
+    """What the PACS needs to run.
+
+    - ``data_dir``: folder of the store (SQLite index ``index.sqlite3``, files under ``objects/``).
+    - ``max_upload_bytes``: STOW-RS bodies larger than this are refused with 413 before being read.
+    - ``bulk_data_threshold``: binary values longer than this (bytes) are BulkDataURIs in metadata.
+    - ``read_chunk_bytes``: chunk size when streaming stored files (large chunks: fewer syscalls/flushes).
+    - ``workers``: threads for blocking work (SQLite, file I/O, pixel rendering).
+    - ``fsync``: fsync each stored file and its folder before indexing it (crash safety; tests keep it on).
+    """
+
+    data_dir: Path
+    max_upload_bytes: int = 2 * 1024**3
+    bulk_data_threshold: int = 1024
+    read_chunk_bytes: int = 1024 * 1024
+    workers: int = 8
+    fsync: bool = True

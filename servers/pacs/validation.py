@@ -1,0 +1,189 @@
+"""Checking an uploaded object before it is stored (STOW-RS, PS3.18 10.5; Part 10 files, PS3.10 7).
+
+pydicom parses what it can and silently stops at the end of a truncated file, so acceptance takes more
+than a successful ``dcmread``:
+
+- the object is a Part 10 file (128-byte preamble, ``DICM``, a File Meta Information group, PS3.10 7.1);
+- SOP Class, SOP Instance, Study and Series Instance UIDs are present and valid (PS3.5 9.1), and the
+  Media Storage SOP Instance UID of the meta group equals the SOP Instance UID (PS3.10 7.1);
+- every top-level element's declared length is matched by the bytes present, the last element ends
+  exactly at the end of the file (or the file ends with a Sequence Delimitation Item when the last
+  element has undefined length, PS3.5 7.5.2), and native Pixel Data holds exactly
+  Rows x Columns x SamplesPerPixel x NumberOfFrames x BitsAllocated / 8 bytes (PS3.5 8.1.1), while
+  encapsulated Pixel Data is a well-formed item sequence (PS3.5 A.4).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+from pydicom import dcmread
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.encaps import generate_fragments
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
+
+from s4s_jupyter.core.errors import DICOMwebError, InvalidUID
+from s4s_jupyter.core.uids import check_uid, is_valid_uid
+
+UNDEFINED_LENGTH = 0xFFFFFFFF
+PIXEL_DATA = 0x7FE00010
+SEQUENCE_DELIMITER_LE = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+SEQUENCE_DELIMITER_BE = b"\xff\xfe\xe0\xdd\x00\x00\x00\x00"
+
+
+class InvalidInstance(DICOMwebError):
+    """An uploaded object that cannot be stored; ``reason`` is the Failure Reason (PS3.4 Annex GG 4.2).
+
+    0xA900 "Data Set does not match SOP Class", 0xC000 "Cannot understand".
+    """
+
+    status = 400
+
+    def __init__(self, message: str, *, reason: int = 0xC000) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class CheckedInstance:
+    """A Part 10 object that passed every check, with what the store indexes."""
+
+    dataset: Dataset
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_uid: str
+    series_uid: str
+    transfer_syntax_uid: str
+    #: absolute file offset and length of the Pixel Data value (None when there is none)
+    pixel_offset: int | None
+    pixel_length: int | None
+
+
+def _uid_of(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword)
+    if value is None or str(value) == "":
+        raise InvalidInstance(f"{keyword} is missing", reason=0xA900)
+    try:
+        return check_uid(str(value), keyword)
+    except InvalidUID as exc:
+        raise InvalidInstance(exc.message, reason=0xA900) from exc
+
+
+def check_part10(data: bytes) -> CheckedInstance:
+    """Parse and check ``data``; raise :class:`InvalidInstance` with a clear message on any failure."""
+    if len(data) < 132 or data[128:132] != b"DICM":
+        raise InvalidInstance("not a DICOM Part 10 file (no 128-byte preamble followed by 'DICM')")
+    try:
+        ds = dcmread(io.BytesIO(data))
+    except InvalidDicomError as exc:
+        raise InvalidInstance(f"not a DICOM Part 10 file: {exc}") from exc
+    except Exception as exc:  # pydicom raises many types for garbage
+        raise InvalidInstance(f"unreadable DICOM file: {type(exc).__name__}: {exc}") from exc
+    try:
+        return _check_dataset(ds, data)
+    except InvalidInstance:
+        raise
+    except Exception as exc:  # a value pydicom cannot convert, a malformed sequence, ...
+        raise InvalidInstance(f"unreadable DICOM file: {type(exc).__name__}: {exc}") from exc
+
+
+def _check_dataset(ds: Dataset, data: bytes) -> CheckedInstance:
+    meta = ds.file_meta
+    ts = meta.get("TransferSyntaxUID")
+    if not ts:
+        raise InvalidInstance("the File Meta Information has no Transfer Syntax UID (0002,0010)")
+    ts_uid = str(ts)
+    if not is_valid_uid(ts_uid):
+        raise InvalidInstance(f"TransferSyntaxUID {ts_uid!r} is not a valid DICOM UID (PS3.5 9.1)")
+    sop_class = _uid_of(ds, "SOPClassUID")
+    sop_uid = _uid_of(ds, "SOPInstanceUID")
+    study = _uid_of(ds, "StudyInstanceUID")
+    series = _uid_of(ds, "SeriesInstanceUID")
+    media_uid = meta.get("MediaStorageSOPInstanceUID")
+    if media_uid is not None and str(media_uid) != sop_uid:
+        raise InvalidInstance("MediaStorageSOPInstanceUID (0002,0003) differs from SOPInstanceUID "
+                              "(0008,0018)", reason=0xA900)
+    media_class = meta.get("MediaStorageSOPClassUID")
+    if media_class is not None and str(media_class) != sop_class:
+        raise InvalidInstance("MediaStorageSOPClassUID (0002,0002) differs from SOPClassUID (0008,0016)",
+                              reason=0xA900)
+    if len({sop_uid, study, series}) != 3:
+        raise InvalidInstance("SOP Instance, Study and Series Instance UIDs must differ", reason=0xA900)
+
+    deflated = UID(ts_uid) == "1.2.840.10008.1.2.1.99"
+    last_end: int | None = None
+    last_undefined = False
+    for tag in list(ds.keys()):
+        raw = ds.get_item(tag)
+        if not isinstance(raw, RawDataElement):
+            continue
+        length = raw.length
+        value = raw.value if raw.value is not None else b""
+        if length != UNDEFINED_LENGTH and len(value) != length:
+            raise InvalidInstance(
+                f"truncated file: element {tag} declares {length} bytes but {len(value)} are present")
+        if length == UNDEFINED_LENGTH:
+            last_undefined, last_end = True, None
+        else:
+            last_undefined, last_end = False, raw.value_tell + length
+    if not deflated:
+        if last_undefined:
+            big = UID(ts_uid) == "1.2.840.10008.1.2.2"
+            if not data.endswith(SEQUENCE_DELIMITER_BE if big else SEQUENCE_DELIMITER_LE):
+                raise InvalidInstance("truncated file: the last element has undefined length and the file "
+                                      "does not end with a Sequence Delimitation Item")
+        elif last_end is not None and last_end != len(data):
+            raise InvalidInstance(
+                f"truncated or padded file: the last element ends at byte {last_end}, "
+                f"the file has {len(data)}")
+
+    pixel_offset = pixel_length = None
+    raw_pixels = ds.get_item(PIXEL_DATA)
+    if isinstance(raw_pixels, RawDataElement):
+        pixel_offset = raw_pixels.value_tell
+        pixel_length = raw_pixels.length
+        _check_pixel_data(ds, UID(ts_uid), raw_pixels)
+    elif "Rows" in ds and "Columns" in ds and "PixelData" not in ds and _is_image_storage(sop_class):
+        raise InvalidInstance("image has Rows and Columns but no Pixel Data (7FE0,0010)", reason=0xA900)
+    return CheckedInstance(ds, sop_class, sop_uid, study, series, ts_uid, pixel_offset, pixel_length)
+
+
+def _is_image_storage(sop_class: str) -> bool:
+    # CT, MR, CR, DX, US, NM, PET, SC ... image storage SOP classes live under 1.2.840.10008.5.1.4.1.1.
+    return sop_class.startswith("1.2.840.10008.5.1.4.1.1.")
+
+
+def expected_native_length(ds: Dataset) -> int:
+    """Bytes of native (uncompressed) Pixel Data implied by the Image Pixel Module (PS3.3 C.7.6.3)."""
+    rows = int(ds.Rows)
+    cols = int(ds.Columns)
+    spp = int(ds.get("SamplesPerPixel", 1) or 1)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    bits = int(ds.BitsAllocated)
+    total_bits = rows * cols * spp * frames * bits
+    return (total_bits + 7) // 8
+
+
+def _check_pixel_data(ds: Dataset, ts: UID, raw: RawDataElement) -> None:
+    for keyword in ("Rows", "Columns", "BitsAllocated"):
+        if keyword not in ds:
+            raise InvalidInstance(f"Pixel Data without {keyword}", reason=0xA900)
+    if ts.is_encapsulated:
+        if raw.length != UNDEFINED_LENGTH:
+            raise InvalidInstance("encapsulated Pixel Data must have undefined length (PS3.5 A.4)")
+        try:
+            fragments = sum(1 for _ in generate_fragments(raw.value or b"", endianness="<"))
+        except Exception as exc:
+            raise InvalidInstance(f"malformed encapsulated Pixel Data: {exc}") from exc
+        if fragments == 0:
+            raise InvalidInstance("encapsulated Pixel Data holds no fragment")
+        return
+    expected = expected_native_length(ds)
+    actual = len(raw.value or b"")
+    if actual not in (expected, expected + 1):
+        raise InvalidInstance(
+            f"Pixel Data holds {actual} bytes but Rows x Columns x SamplesPerPixel x NumberOfFrames x "
+            f"BitsAllocated/8 = {expected}", reason=0xA900)

@@ -1,0 +1,146 @@
+"""Bearer tokens on every request, refreshed before they expire and after a 401 (RFC 6750 2.1, 3.1).
+
+One :class:`TokenManager` per session owns the current :class:`TokenSet`; it is thread-safe so parallel
+downloads share one refresh. Two adapters put it on the wire: :class:`BearerAuth` for httpx (FHIR
+searches, WADO-RS streaming) and :class:`RequestsBearerAuth` for the ``requests`` session that
+dicomweb-client uses (QIDO-RS, metadata, rendered images). Both retry a request once after a 401 with
+a refreshed token, so a download running for hours survives token expiry.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from s4s_jupyter.client.tokens import TokenSet
+from s4s_jupyter.core.errors import OAuthError
+
+if TYPE_CHECKING:
+    import requests
+
+#: refresh when the access token expires in less than this many seconds
+REFRESH_MARGIN = 60.0
+
+
+class LoginRequired(OAuthError):
+    """No usable token: the session must log in (again)."""
+
+    error = "login_required"
+    status = 401
+
+
+class TokenManager:
+    """The current token set, its refresh, and what to do with each new one (``on_change``: persist).
+
+    ``refresher(tokens) -> TokenSet`` calls the token endpoint; None means tokens cannot be refreshed.
+    """
+
+    def __init__(self, tokens: TokenSet | None, refresher: Callable[[TokenSet], TokenSet] | None,
+                 on_change: Callable[[TokenSet | None], None] | None = None,
+                 margin: float = REFRESH_MARGIN) -> None:
+        self._tokens = tokens
+        self._refresher = refresher
+        self._on_change = on_change
+        self._margin = margin
+        self._lock = threading.RLock()
+        self.refresh_count = 0
+
+    @property
+    def tokens(self) -> TokenSet | None:
+        return self._tokens
+
+    def set(self, tokens: TokenSet | None) -> None:
+        with self._lock:
+            self._tokens = tokens
+            if self._on_change:
+                self._on_change(tokens)
+
+    def access_token(self) -> str:
+        """A current access token, refreshed first when it is about to expire."""
+        with self._lock:
+            tokens = self._tokens
+            if tokens is None:
+                raise LoginRequired("not logged in: call login() first")
+            if tokens.expires_within(self._margin):
+                if tokens.refresh_token and self._refresher:
+                    return self._refresh(tokens).access_token
+                if tokens.expires_within(0):
+                    raise LoginRequired("the access token expired and cannot be refreshed; log in again")
+            return tokens.access_token
+
+    def refresh_after_rejection(self, rejected: str) -> str | None:
+        """After a 401 for ``rejected``: a new token (refreshing only if no other thread did already),
+        or None when refreshing is impossible."""
+        with self._lock:
+            tokens = self._tokens
+            if tokens is None:
+                return None
+            if tokens.access_token != rejected:
+                return tokens.access_token
+            if not tokens.refresh_token or not self._refresher:
+                return None
+            try:
+                return self._refresh(tokens).access_token
+            except OAuthError:
+                return None
+
+    def _refresh(self, tokens: TokenSet) -> TokenSet:
+        assert self._refresher is not None
+        new = self._refresher(tokens)
+        self.refresh_count += 1
+        self.set(new)
+        return new
+
+
+class BearerAuth(httpx.Auth):
+    """httpx authentication: ``Authorization: Bearer``; on a 401, refresh once and resend."""
+
+    requires_response_body = False
+
+    def __init__(self, manager: TokenManager) -> None:
+        self.manager = manager
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        token = self.manager.access_token()
+        request.headers["Authorization"] = f"Bearer {token}"
+        response = yield request
+        if response.status_code == 401:
+            fresh = self.manager.refresh_after_rejection(token)
+            if fresh is not None and fresh != token:
+                request.headers["Authorization"] = f"Bearer {fresh}"
+                yield request
+
+
+def requests_auth(manager: TokenManager) -> requests.auth.AuthBase:
+    """The same behaviour as :class:`BearerAuth` for a ``requests`` session (dicomweb-client)."""
+    import requests
+
+    class RequestsBearerAuth(requests.auth.AuthBase):
+        def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
+            token = manager.access_token()
+            r.headers["Authorization"] = f"Bearer {token}"
+            r.register_hook("response", self._retry_on_401)
+            return r
+
+        def _retry_on_401(self, response: requests.Response, **kwargs: Any) -> requests.Response:
+            if response.status_code != 401 or getattr(response.request, "_s4s_retried", False):
+                return response
+            sent = str(response.request.headers.get("Authorization", ""))[len("Bearer "):]
+            fresh = manager.refresh_after_rejection(sent)
+            if fresh is None or fresh == sent:
+                return response
+            response.content  # noqa: B018 - drain, so the connection can be reused
+            response.close()
+            retry = response.request.copy()
+            retry.headers["Authorization"] = f"Bearer {fresh}"
+            retry._s4s_retried = True  # type: ignore[attr-defined]
+            assert response.connection is not None
+            new = response.connection.send(retry, **kwargs)
+            new.history.append(response)
+            new.request = retry
+            return new
+
+    return RequestsBearerAuth()

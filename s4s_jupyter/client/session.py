@@ -1,0 +1,376 @@
+"""The kit's session: one EHR, its imaging server, the patient's tokens, and every call a notebook needs.
+
+>>> import s4s_jupyter as s4s                                              # doctest: +SKIP
+>>> ehr = s4s.connect("http://127.0.0.1:8080/fhir")    # SMART login in the browser   # doctest: +SKIP
+>>> labs = ehr.labs()                                   # DataFrame                    # doctest: +SKIP
+>>> studies = ehr.imaging_studies()                     # one row per study            # doctest: +SKIP
+>>> datasets = ehr.retrieve(studies.iloc[0])            # pydicom Datasets             # doctest: +SKIP
+>>> manifest = ehr.download(studies, "images/")         # files + manifest DataFrame   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from s4s_jupyter.client import discovery, launch
+from s4s_jupyter.client.auth import BearerAuth, LoginRequired, TokenManager
+from s4s_jupyter.client.fhir import CATEGORIES, FHIRClient, IncrementalSync, Param
+from s4s_jupyter.client.imaging import ImagingSearch
+from s4s_jupyter.client.targets import DICOMwebEndpoint, SeriesTarget, series_targets
+from s4s_jupyter.client.tokens import TokenSet, TokenStore, store_key
+from s4s_jupyter.core.errors import ClientError, OAuthError
+
+if TYPE_CHECKING:
+    import os
+    from datetime import date, datetime
+    from pathlib import Path
+
+    import pandas as pd
+    from pydicom import Dataset
+
+    from s4s_jupyter.client.dicomweb import DicomwebClients
+    from s4s_jupyter.client.retrieve import Retriever
+
+log = logging.getLogger("s4s_jupyter.client")
+
+#: What a research app asks for by default: the patient's records (SMART v2 read+search), its identity,
+#: and a refresh token so long downloads survive expiry (SMART App Launch 2.x, "Scopes").
+DEFAULT_SCOPES = "launch/patient openid fhirUser offline_access patient/*.rs"
+DEFAULT_CLIENT_ID = "s4s-jupyter"
+
+
+class Session:
+    """A SMART session with an EHR (and its imaging server).
+
+    Create it with :func:`connect`. ``imaging_base`` is the FHIR base of the imaging server; None takes
+    the ``associated_endpoints`` entry with ``smart-imaging-access`` from the EHR's SMART configuration,
+    else the EHR itself. ``token_store`` None keeps tokens in memory only.
+    """
+
+    def __init__(self, fhir_base: str, *, client_id: str = DEFAULT_CLIENT_ID,
+                 client_secret: str | None = None, scopes: str = DEFAULT_SCOPES,
+                 imaging_base: str | None = None, token_store: TokenStore | None = None,
+                 timeout: float = 60.0, connections_per_host: int = 4) -> None:
+        self.fhir_base = fhir_base.rstrip("/")
+        self.client = launch.ClientCredentials(client_id, client_secret)
+        self.scopes = scopes
+        self.token_store = token_store
+        self.timeout = timeout
+        self.connections_per_host = connections_per_host
+        self._oauth_http = httpx.Client(timeout=timeout)
+        self.config: discovery.SmartConfiguration = discovery.discover(self._oauth_http, self.fhir_base)
+        self.imaging_base = (imaging_base or self.config.imaging_endpoint or self.fhir_base).rstrip("/")
+        key = store_key(self.fhir_base, client_id)
+        stored = token_store.get(key) if token_store else None
+        self.tokens = TokenManager(stored, self._refresh, self._persist)
+        self.auth = BearerAuth(self.tokens)
+        self._http = httpx.Client(timeout=timeout, auth=self.auth)
+        self.fhir = FHIRClient(self._http, self.fhir_base)
+        self.imaging_fhir = self.fhir if self.imaging_base == self.fhir_base else FHIRClient(
+            self._http, self.imaging_base)
+        self._imaging = ImagingSearch(self.imaging_fhir)
+        self._sync = IncrementalSync(self.fhir)
+        self._retriever: Retriever | None = None
+        self._dicomweb: DicomwebClients | None = None
+
+    def __repr__(self) -> str:
+        return (f"<s4s Session {self.fhir_base} client={self.client.client_id} patient={self.patient} "
+                f"logged_in={self.logged_in}>")
+
+    # -- tokens ---------------------------------------------------------------------------------------
+
+    def _refresh(self, tokens: TokenSet) -> TokenSet:
+        return launch.refresh_tokens(self._oauth_http, self.config, self.client, tokens)
+
+    def _persist(self, tokens: TokenSet | None) -> None:
+        if self.token_store is None:
+            return
+        key = store_key(self.fhir_base, self.client.client_id)
+        if tokens is None:
+            self.token_store.delete(key)
+        else:
+            self.token_store.put(key, tokens)
+
+    @property
+    def logged_in(self) -> bool:
+        """Whether the session has a token that is valid or can be refreshed."""
+        t = self.tokens.tokens
+        return t is not None and (not t.expires_within(0) or bool(t.refresh_token))
+
+    @property
+    def patient(self) -> str | None:
+        """The FHIR id of the patient the user chose at login (SMART launch context)."""
+        t = self.tokens.tokens
+        return t.patient if t else None
+
+    def login(self, *, browser: launch.Browser | None = None,
+              receiver: launch.RedirectReceiver | None = None, timeout: float = 300.0,
+              launch_context: str | None = None) -> TokenSet:
+        """SMART standalone launch with PKCE S256 (SMART App Launch 2.x; RFC 8252 for the redirect).
+
+        ``receiver`` catches the redirect (default: a one-shot :class:`LoopbackRedirect` on 127.0.0.1 and a
+        random port; the Jupyter server extension passes its own). ``browser(url)`` shows the authorize URL
+        to the user (default: open the system browser where there is one, and print/display the link);
+        automation passes one that drives the pages (:class:`~s4s_jupyter.client.automation.FormLogin`)
+        and may return the redirect URL itself.
+        """
+        own = receiver is None
+        rcv = receiver or launch.LoopbackRedirect()
+        try:
+            request = launch.authorization_request(self.config, self.client.client_id, rcv.redirect_uri,
+                                                   self.scopes, self.fhir_base, launch=launch_context)
+            returned = (browser or launch.default_browser)(request.url)
+            redirect_url = returned if isinstance(returned, str) else rcv.wait(timeout)
+        finally:
+            if own:
+                rcv.close()
+        code = launch.parse_redirect(request, redirect_url)
+        tokens = launch.exchange_code(self._oauth_http, self.config, self.client, request, code)
+        self.tokens.set(tokens)
+        return tokens
+
+    def ensure_login(self, **login_args: Any) -> None:
+        """Log in unless the stored tokens still work (valid, or refreshable)."""
+        if self.logged_in:
+            try:
+                self.tokens.access_token()
+                return
+            except (LoginRequired, OAuthError) as exc:
+                log.info("stored tokens unusable (%s); logging in again", exc.message)
+                self.tokens.set(None)
+        self.login(**login_args)
+
+    def logout(self) -> None:
+        """Revoke the refresh and access tokens (RFC 7009) and forget them (also in the token store)."""
+        tokens = self.tokens.tokens
+        try:
+            if tokens is not None and self.config.revocation_endpoint:
+                if tokens.refresh_token:
+                    launch.revoke_token(self._oauth_http, self.config, self.client, tokens.refresh_token,
+                                        "refresh_token")
+                launch.revoke_token(self._oauth_http, self.config, self.client, tokens.access_token,
+                                    "access_token")
+        finally:
+            self.tokens.set(None)
+
+    def close(self) -> None:
+        """Close the HTTP connections (tokens stay in the store)."""
+        if self._retriever is not None:
+            self._retriever.close()
+        if self._dicomweb is not None:
+            self._dicomweb.close()
+        self._http.close()
+        self._oauth_http.close()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- FHIR --------------------------------------------------------------------------------------
+
+    def _patient(self, patient: str | None) -> str:
+        chosen = patient or self.patient
+        if not chosen:
+            raise ClientError("no patient: log in with launch/patient or pass patient=", status=400)
+        return chosen
+
+    def search(self, resource_type: str, **params: Param | None) -> pd.DataFrame:
+        """Any FHIR search at the EHR as a DataFrame, following ``next`` links (columns:
+        :mod:`s4s_jupyter.client.flatten`). ``resources()`` gives the same as raw resources."""
+        return self.fhir.search(resource_type, **params)
+
+    def resources(self, resource_type: str, **params: Param | None) -> list[dict[str, Any]]:
+        """Any FHIR search at the EHR as raw resources (JSON dicts), every page."""
+        return self.fhir.resources(resource_type, **params)
+
+    def read(self, resource_type: str, resource_id: str) -> dict[str, Any]:
+        """One resource by id."""
+        return self.fhir.read(resource_type, resource_id)
+
+    def demographics(self, patient: str | None = None) -> pd.DataFrame:
+        """The Patient resource as a one-row DataFrame (name, gender, birth date, MRN, address)."""
+        from s4s_jupyter.client.flatten import to_frame
+
+        return to_frame([self.read("Patient", self._patient(patient))], "Patient")
+
+    def category(self, name: str, patient: str | None = None, **params: Param | None) -> pd.DataFrame:
+        """One Sync for Science category by name (see :data:`s4s_jupyter.client.fhir.CATEGORIES`)."""
+        if name not in CATEGORIES:
+            raise ValueError(f"unknown category {name!r}; one of {', '.join(CATEGORIES)}")
+        return self.fhir.category(name, self._patient(patient), **params)
+
+    def conditions(self, patient: str | None = None, **params: Param | None) -> pd.DataFrame:
+        """``Condition?patient=``"""
+        return self.category("conditions", patient, **params)
+
+    def medications(self, patient: str | None = None, **params: Param | None) -> pd.DataFrame:
+        """``MedicationRequest?patient=`` and ``MedicationStatement?patient=`` (column ``resource_type``)."""
+        return self.category("medications", patient, **params)
+
+    def allergies(self, patient: str | None = None, **params: Param | None) -> pd.DataFrame:
+        """``AllergyIntolerance?patient=``"""
+        return self.category("allergies", patient, **params)
+
+    def labs(self, patient: str | None = None, **params: Param | None) -> pd.DataFrame:
+        """``Observation?patient=&category=laboratory``: one row per result (code, value, unit, effective)."""
+        return self.category("labs", patient, **params)
+
+    def vitals(self, patient: str | None = None, **params: Param | None) -> pd.DataFrame:
+        """``Observation?patient=&category=vital-signs`` (blood pressure: one row per component)."""
+        return self.category("vitals", patient, **params)
+
+    def smoking_status(self, patient: str | None = None, **params: Param | None) -> pd.DataFrame:
+        """``Observation?patient=&code=http://loinc.org|72166-2`` (``value_display``: the status)."""
+        return self.category("smoking_status", patient, **params)
+
+    def procedures(self, patient: str | None = None, **params: Param | None) -> pd.DataFrame:
+        """``Procedure?patient=``"""
+        return self.category("procedures", patient, **params)
+
+    def immunizations(self, patient: str | None = None, **params: Param | None) -> pd.DataFrame:
+        """``Immunization?patient=``"""
+        return self.category("immunizations", patient, **params)
+
+    def documents(self, patient: str | None = None, **params: Param | None) -> pd.DataFrame:
+        """``DocumentReference?patient=``"""
+        return self.category("documents", patient, **params)
+
+    def radiology_reports(self, patient: str | None = None, **params: Param | None) -> pd.DataFrame:
+        """``DiagnosticReport?patient=&category=RAD`` (``imaging_studies``: the studies they report on)."""
+        return self.category("radiology_reports", patient, **params)
+
+    def sync(self, categories: list[str] | None = None, patient: str | None = None,
+             state_file: str | Path | None = None) -> dict[str, pd.DataFrame]:
+        """Incremental sync: per category, only what changed since this session's previous ``sync()``
+        (the first call returns everything). ``state_file`` keeps the instants across sessions."""
+        if state_file is not None and str(state_file) != str(self._sync.state_file):
+            self._sync = IncrementalSync(self.fhir, state_file)
+        return self._sync(self._patient(patient), categories)
+
+    # -- imaging -----------------------------------------------------------------------------------
+
+    def imaging_studies(self, patient: str | None = None, *, since: date | datetime | str | None = None,
+                        until: date | datetime | str | None = None, modality: str | None = None,
+                        study_uid: str | None = None, last_updated: Param | None = None) -> pd.DataFrame:
+        """The patient's ImagingStudy resources at the imaging server, one row per study, newest first
+        (columns :data:`s4s_jupyter.client.imaging.STUDY_COLUMNS`); see :meth:`ImagingSearch.studies`."""
+        return self._imaging.studies(self._patient(patient), since=since, until=until, modality=modality,
+                                     study_uid=study_uid, last_updated=last_updated)
+
+    def series(self, studies: pd.DataFrame | pd.Series) -> pd.DataFrame:
+        """The series of studies from :meth:`imaging_studies`, one row per series."""
+        return self._imaging.series(studies)
+
+    @property
+    def retriever(self) -> Retriever:
+        if self._retriever is None:
+            from s4s_jupyter.client.retrieve import Retriever
+
+            self._retriever = Retriever(auth=self.auth, connections_per_host=self.connections_per_host,
+                                        timeout=max(self.timeout, 120.0))
+        return self._retriever
+
+    def targets(self, what: Any) -> list[SeriesTarget]:
+        """The series a retrieval of ``what`` covers (a DataFrame or row of studies/series, a Study Instance
+        UID at the imaging server's Endpoint, or an ImagingStudy resource)."""
+        if isinstance(what, str):
+            studies = self.imaging_studies(study_uid=what)
+            if studies.empty:
+                raise ClientError(f"study {what} not found for patient {self.patient}", status=404)
+            what = studies
+        return series_targets(what, endpoint=None, qido=self.retriever.qido,
+                              resources=self._imaging.resources, endpoints=self._imaging.endpoints.values())
+
+    def retrieve(self, what: Any, *, first_only: bool = False, progress: bool = True) -> list[Dataset]:
+        """Studies, series or instances as pydicom Datasets in memory (WADO-RS through each study's
+        Endpoint, with the token only where ``requires-access-token`` says so). ``first_only``: the first
+        instance of each series."""
+        return self.retriever.load(self.targets(what), first_only=first_only, progress=progress)
+
+    def download(self, what: Any, directory: str | os.PathLike[str], *, first_only: bool = False,
+                 progress: bool = True) -> pd.DataFrame:
+        """Studies, series or instances to ``{directory}/{PatientID}/{StudyUID}/{SeriesUID}/{SOPUID}.dcm``,
+        streamed, in parallel, resumable; returns the manifest DataFrame (FHIR ids, UIDs, paths, sizes,
+        status, error). Call again to fetch only what is missing or damaged."""
+        return self.retriever.download(self.targets(what), directory, first_only=first_only,
+                                       progress=progress)
+
+    @property
+    def dicomweb_clients(self) -> DicomwebClients:
+        if self._dicomweb is None:
+            from s4s_jupyter.client.dicomweb import DicomwebClients
+
+            self._dicomweb = DicomwebClients(self.tokens, self.timeout)
+        return self._dicomweb
+
+    def metadata(self, what: Any, *, first_only: bool = False) -> list[Dataset]:
+        """WADO-RS metadata only (no pixel data) as pydicom Datasets."""
+        from s4s_jupyter.client.dicomweb import metadata
+
+        return metadata(self.targets(what), self.dicomweb_clients, first_only)
+
+    def thumbnails(self, what: Any, size: int = 128) -> pd.DataFrame:
+        """A rendered PNG thumbnail of the first instance of each series (PIL images in column ``image``)."""
+        from s4s_jupyter.client.dicomweb import thumbnails
+
+        def first(t: SeriesTarget) -> list[str]:
+            return [i.sop_uid for i in (self.retriever.resolve([t])[0].expected() or ())][:1]
+
+        return thumbnails(self.targets(what), self.dicomweb_clients, first, size)
+
+    def dicomweb(self, endpoint: str | DICOMwebEndpoint | None = None) -> Any:
+        """A :class:`~s4s_jupyter.client.dicomweb.DICOMweb` for an imaging Endpoint (QIDO-RS and the rest
+        directly); default: the Endpoint of the patient's first study."""
+        from s4s_jupyter.client.dicomweb import DICOMweb
+
+        if endpoint is None:
+            studies = self.imaging_studies()
+            if studies.empty:
+                raise ClientError("the patient has no imaging studies, so no Endpoint is known", status=404)
+            endpoint = DICOMwebEndpoint(str(studies["endpoint"].iloc[0]),
+                                        bool(studies["requires_access_token"].iloc[0]))
+        ep = endpoint if isinstance(endpoint, DICOMwebEndpoint) else DICOMwebEndpoint(endpoint, True)
+        return DICOMweb(ep.address, requires_access_token=ep.requires_access_token, tokens=self.tokens,
+                        connections_per_host=self.connections_per_host)
+
+
+def connect(fhir_base: str, *, client_id: str = DEFAULT_CLIENT_ID, client_secret: str | None = None,
+            scopes: str = DEFAULT_SCOPES, imaging_base: str | None = None, login: bool = True,
+            browser: launch.Browser | None = None, receiver: launch.RedirectReceiver | None = None,
+            token_store: TokenStore | str | bool | None = True, timeout: float = 60.0,
+            connections_per_host: int = 4) -> Session:
+    """Connect to a SMART on FHIR EHR and log in (unless stored tokens still work).
+
+    - ``fhir_base``: the EHR's FHIR base URL; its ``.well-known/smart-configuration`` is read.
+    - ``client_id`` / ``client_secret``: the app's registration (public client by default, with PKCE).
+    - ``scopes``: :data:`DEFAULT_SCOPES` (the patient's records, identity, offline access).
+    - ``imaging_base``: the imaging server's FHIR base; default from ``associated_endpoints``.
+    - ``login``: False to skip the login (call :meth:`Session.login` later).
+    - ``browser`` / ``receiver``: see :meth:`Session.login`.
+    - ``token_store``: True for the default file under the Jupyter data directory, a path or
+      :class:`TokenStore`, or False/None to keep tokens in memory only.
+    """
+    store: TokenStore | None
+    if token_store is True:
+        store = TokenStore()
+    elif token_store is False or token_store is None:
+        store = None
+    elif isinstance(token_store, TokenStore):
+        store = token_store
+    else:
+        store = TokenStore(token_store)
+    session = Session(fhir_base, client_id=client_id, client_secret=client_secret, scopes=scopes,
+                      imaging_base=imaging_base, token_store=store, timeout=timeout,
+                      connections_per_host=connections_per_host)
+    if login:
+        try:
+            session.ensure_login(browser=browser, receiver=receiver)
+        except BaseException:
+            session.close()
+            raise
+    return session

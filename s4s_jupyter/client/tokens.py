@@ -1,0 +1,185 @@
+"""Tokens of a SMART session and where they are kept between kernels.
+
+:class:`TokenSet` is the token response of RFC 6749 5.1 with SMART App Launch's launch context
+(``patient``, ``encounter``, ...), with the absolute expiry time computed when it was received.
+:class:`TokenStore` keeps token sets in one JSON file readable by the user only (mode 0600), under the
+Jupyter data directory by default, keyed by EHR and client id; every write replaces the file atomically
+(write a temporary file in the same folder, fsync, rename) under an advisory lock, so a crash or two kernels
+writing at once never leave a truncated or mixed file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import stat
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from s4s_jupyter.core.errors import ClientError
+
+log = logging.getLogger("s4s_jupyter.client")
+
+#: token response members that are not launch context
+_RESPONSE_FIELDS = {"access_token", "token_type", "expires_in", "scope", "refresh_token", "id_token"}
+
+
+@dataclass(frozen=True)
+class TokenSet:
+    """An access token with what came with it (RFC 6749 5.1; SMART App Launch 2.x "launch context").
+
+    ``expires_at`` is seconds since the epoch (None: the server gave no ``expires_in``). Tokens are
+    hidden from ``repr`` so a notebook cell that shows the object does not leak them.
+    """
+
+    access_token: str = field(repr=False)
+    token_type: str = "Bearer"
+    expires_at: float | None = None
+    scope: str = ""
+    refresh_token: str | None = field(default=None, repr=False)
+    id_token: str | None = field(default=None, repr=False)
+    patient: str | None = None
+    encounter: str | None = None
+    context: Mapping[str, Any] = field(default_factory=dict, hash=False)
+
+    @classmethod
+    def from_response(cls, body: Mapping[str, Any], *, now: float | None = None,
+                      previous: TokenSet | None = None) -> TokenSet:
+        """Build from a token endpoint's JSON answer. On a refresh, ``previous`` supplies what the answer
+        may omit (the refresh token when it is not rotated, the launch context, RFC 6749 6)."""
+        token = body.get("access_token")
+        if not isinstance(token, str) or not token:
+            raise ClientError("token response without access_token", status=502)
+        if str(body.get("token_type", "")).lower() != "bearer":
+            raise ClientError(f"unsupported token_type {body.get('token_type')!r} (expected Bearer)",
+                              status=502)
+        issued = time.time() if now is None else now
+        expires_in = body.get("expires_in")
+        context = {k: v for k, v in body.items() if k not in _RESPONSE_FIELDS | {"patient", "encounter"}}
+        return cls(
+            access_token=token,
+            token_type="Bearer",
+            expires_at=issued + float(expires_in) if isinstance(expires_in, int | float) else None,
+            scope=str(body.get("scope") or (previous.scope if previous else "")),
+            refresh_token=body.get("refresh_token") or (previous.refresh_token if previous else None),
+            id_token=body.get("id_token") or (previous.id_token if previous else None),
+            patient=body.get("patient") or (previous.patient if previous else None),
+            encounter=body.get("encounter") or (previous.encounter if previous else None),
+            context=context or (dict(previous.context) if previous else {}),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The token set as JSON (what :class:`TokenStore` writes)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["context"] = dict(self.context)
+        return out
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> TokenSet:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in body.items() if k in names})
+
+    def expires_within(self, seconds: float, *, now: float | None = None) -> bool:
+        """Whether the access token expires in less than ``seconds`` (False when no expiry is known)."""
+        if self.expires_at is None:
+            return False
+        return self.expires_at - (time.time() if now is None else now) < seconds
+
+    @property
+    def scopes(self) -> tuple[str, ...]:
+        return tuple(self.scope.split())
+
+
+def default_token_path() -> Path:
+    """``{jupyter_data_dir}/s4s_jupyter/tokens.json`` (``jupyter --data-dir``; honours JUPYTER_DATA_DIR)."""
+    from jupyter_core.paths import jupyter_data_dir
+
+    return Path(jupyter_data_dir()) / "s4s_jupyter" / "tokens.json"
+
+
+def store_key(fhir_base: str, client_id: str) -> str:
+    """The key a token set is stored under: one entry per EHR and client."""
+    return f"{client_id} {fhir_base.rstrip('/')}"
+
+
+class TokenStore:
+    """Token sets in a JSON file of mode 0600 (its folder 0700), written atomically.
+
+    ``path`` None means :func:`default_token_path`.
+    """
+
+    def __init__(self, path: Path | str | None = None) -> None:
+        self.path = Path(path) if path is not None else default_token_path()
+
+    def get(self, key: str) -> TokenSet | None:
+        entry = self._read().get(key)
+        return TokenSet.from_json(entry) if isinstance(entry, Mapping) else None
+
+    def put(self, key: str, tokens: TokenSet) -> None:
+        with self._locked():
+            data = self._read()
+            data[key] = tokens.to_json()
+            self._write(data)
+
+    def delete(self, key: str) -> None:
+        with self._locked():
+            data = self._read()
+            if data.pop(key, None) is not None:
+                self._write(data)
+
+    def keys(self) -> list[str]:
+        return sorted(self._read())
+
+    # -- file handling -----------------------------------------------------------------------------
+
+    def _read(self) -> dict[str, Any]:
+        try:
+            with self.path.open("rb") as f:
+                mode = os.fstat(f.fileno()).st_mode
+                if mode & (stat.S_IRWXG | stat.S_IRWXO):
+                    log.warning("token store %s was readable by others; restricting it to mode 0600",
+                                self.path)
+                    os.fchmod(f.fileno(), 0o600)
+                raw = f.read()
+        except FileNotFoundError:
+            return {}
+        try:
+            data = json.loads(raw or b"{}")
+        except ValueError:
+            log.warning("token store %s is not valid JSON; ignoring its content", self.path)
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _write(self, data: Mapping[str, Any]) -> None:
+        folder = self.path.parent
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, tmp = tempfile.mkstemp(prefix=".tokens-", suffix=".tmp", dir=folder)  # created 0600
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                os.fchmod(f.fileno(), 0o600)
+                json.dump(data, f, indent=1, sort_keys=True)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)

@@ -18,6 +18,8 @@ import tornado.web
 from servers.base import log_request
 from servers.runtime import CLEANUP_KEY
 
+from .fhir.routes import fhir_routes
+from .fhir.store import STORE_FILE, build_store
 from .oauth.clients import ClientRegistry
 from .oauth.endpoints import OAuthEndpoints
 from .oauth.handlers import auth_routes
@@ -57,15 +59,6 @@ def build_authorization_server(settings: EHRSettings, base_url: str) -> SmartAut
     return SmartAuthorizationServer(settings, endpoints, ClientRegistry(settings.clients), store, signer)
 
 
-def fhir_api_routes(settings: EHRSettings, introspector: TokenIntrospector, fhir_base: str) -> list[Any]:
-    """The FHIR R4 API's URL rules (:mod:`servers.ehr.fhir`), built from the demo plan."""
-    try:
-        from .fhir.routes import fhir_routes
-        from .fhir.store import build_store
-    except ImportError as exc:  # the FHIR API lands separately; the auth server works without it
-        log.warning("FHIR API not available (%s); serving the authorization server only", exc)
-        return []
-    return list(fhir_routes(build_store(settings.plan), introspector, fhir_base))
 
 
 def make_app(settings: EHRSettings, base_url: str) -> tornado.web.Application:
@@ -75,8 +68,14 @@ def make_app(settings: EHRSettings, base_url: str) -> tornado.web.Application:
                     "loopback redirect URI WITHOUT login or consent ***")
     server = build_authorization_server(settings, base_url)
     ctx = AuthContext(server, settings.plan)
+    endpoints = server.endpoints
+    fhir_store = build_store(settings.plan, settings.ehr_dir / STORE_FILE)
+    oauth_urls = {"authorize": endpoints.authorize, "token": endpoints.token,
+                  "introspect": endpoints.introspect, "revoke": endpoints.revoke}
+    # the authorization server's rules first: /fhir/.well-known/smart-configuration is its
     routes: list[Any] = auth_routes(ctx)
-    routes += fhir_api_routes(settings, server.introspector, server.endpoints.fhir_base)
+    routes += fhir_routes(fhir_store, server.introspector, endpoints.fhir_base, oauth_urls,
+                          clock=settings.clock)
     app = tornado.web.Application(
         routes,
         cookie_secret=settings.cookie_secret or secrets.token_urlsafe(32),
@@ -84,5 +83,5 @@ def make_app(settings: EHRSettings, base_url: str) -> tornado.web.Application:
         xsrf_cookie_kwargs={"httponly": True, "samesite": "Strict", "path": "/auth"},
     )
     app.settings[SERVICES_KEY] = EHRServices(server.endpoints, server.store, server.introspector, server)
-    app.settings[CLEANUP_KEY] = [server.store.close]
+    app.settings[CLEANUP_KEY] = [server.store.close, fhir_store.close]
     return app

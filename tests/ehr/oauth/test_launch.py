@@ -130,28 +130,39 @@ def test_confidential_client_uses_client_secret_basic(ehr: RunningEHR) -> None:
         assert refreshed["access_token"] != token["access_token"]
 
 
-def test_fhirclient_completes_launch_and_refresh(ehr: RunningEHR) -> None:
-    """fhirclient (SMART on FHIR's Python client) builds the authorize URL with PKCE S256, exchanges
-    the code and refreshes; the endpoints are handed to it as saved state (its discovery reads the FHIR
-    API's /metadata, exercised by the FHIR API's own tests)."""
+def test_fhirclient_discovers_launches_reads_refreshes_and_is_refused_after_revocation(
+        ehr: RunningEHR) -> None:
+    """fhirclient (SMART on FHIR's Python client) discovers the OAuth endpoints from the FHIR API's
+    CapabilityStatement, builds the authorize URL with PKCE S256, exchanges the code, reads the patient,
+    refreshes, and is refused once the grant is revoked."""
     from fhirclient import client as fhirclient
+    from fhirclient.models.patient import Patient
+    from fhirclient.server import FHIRUnauthorizedException
 
     user = next(u for u in ehr.plan.users if len(u.patient_ids) == 1)
-    state = {"app_id": "s4s-jupyter", "scope": SCOPE, "redirect": REDIRECT,
-             "server": {"base_uri": ehr.fhir_base + "/", "auth_type": "oauth2",
-                        "auth": {"app_id": "s4s-jupyter", "aud": ehr.fhir_base, "redirect_uri": REDIRECT,
-                                 "authorize_uri": ehr.endpoints.authorize,
-                                 "token_uri": ehr.endpoints.token}}}
-    smart = fhirclient.FHIRClient(state=state)
-    authorize_url = smart.authorize_url
+    smart = fhirclient.FHIRClient(settings={"app_id": "s4s-jupyter", "api_base": ehr.fhir_base + "/",
+                                            "redirect_uri": REDIRECT, "scope": SCOPE})
+    authorize_url = smart.authorize_url  # reads /fhir/metadata
+    assert authorize_url.startswith(ehr.endpoints.authorize + "?")
     assert "code_challenge_method=S256" in authorize_url
     with PageUser(ehr.url) as person:
         location = person.authorize(authorize_url, None, user.username, user.password)
     smart.handle_callback(location)
     assert smart.ready and smart.patient_id == user.patient_ids[0]
+    patient = Patient.read(user.patient_ids[0], smart.server)
+    assert patient.id == user.patient_ids[0]
+
     first = smart.server.auth.access_token
-    assert introspect(ehr, first)["active"] is True
     smart.reauthorize()
-    assert smart.server.auth.access_token != first
-    assert introspect(ehr, first)["active"] is True  # rotation keeps the old access token until expiry
-    assert introspect(ehr, smart.server.auth.access_token)["patient"] == user.patient_ids[0]
+    renewed = smart.server.auth.access_token
+    assert renewed != first
+    assert introspect(ehr, first)["active"] is True  # rotation leaves the old access token to expire
+    assert Patient.read(user.patient_ids[0], smart.server).id == user.patient_ids[0]
+
+    r = httpx.post(ehr.endpoints.revoke, data={"token": smart.server.auth.refresh_token,
+                                               "client_id": "s4s-jupyter"})
+    assert r.status_code == 200
+    for token in (first, renewed):
+        assert introspect(ehr, token) == {"active": False}
+    with pytest.raises(FHIRUnauthorizedException):
+        Patient.read(user.patient_ids[0], smart.server)

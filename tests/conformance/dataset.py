@@ -10,11 +10,12 @@ compared byte for byte with the file that was stored.
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import dataclass
 
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
+from pydicom.uid import UID, generate_uid
 
 from servers.demo_data.dicom import dataset_bytes, instance_bytes, make_dataset
 from servers.demo_data.plan import (
@@ -76,16 +77,21 @@ def variant(source: Instance, tag: str, **changes: object) -> Dataset:
     ds = make_dataset(source.patient, source.study, source.series, source.index)
     uid = new_uid(tag, source.sop_instance_uid)
     ds.SOPInstanceUID = uid
-    ds.file_meta.MediaStorageSOPInstanceUID = uid
-    for keyword, value in changes.items():
-        if value is None:
-            if keyword in ds:
-                delattr(ds, keyword)
-        else:
-            setattr(ds, keyword, value)
+    ds.file_meta.MediaStorageSOPInstanceUID = UID(uid)
+    with warnings.catch_warnings():  # values may be invalid on purpose
+        warnings.simplefilter("ignore", UserWarning)
+        for keyword, value in changes.items():
+            if value is None:
+                if keyword in ds:
+                    delattr(ds, keyword)
+            else:
+                setattr(ds, keyword, value)
     return ds
 
 
 def part10(ds: Dataset) -> bytes:
-    """``ds`` as a DICOM Part 10 file (PS3.10 7.1), through the project's writer."""
-    return dataset_bytes(ds)
+    """``ds`` as a DICOM Part 10 file (PS3.10 7.1), through the project's writer (quietly: the suite
+    writes invalid values on purpose)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return dataset_bytes(ds)

@@ -162,6 +162,8 @@ class OrthancServer:
             "DicomPort": self.dicom_port or 4242,
             "DicomModalities": self.options.modalities or {},
         })
+        # BulkDataURIs in WADO-RS metadata are built from this (without it Orthanc 1.10 drops the port)
+        config["DicomWeb"]["Host"] = f"127.0.0.1:{self.http_port}"
         for key, value in (self.options.overrides or {}).items():
             if key == "DicomWeb" and isinstance(value, dict):
                 config["DicomWeb"] = {**config["DicomWeb"], **value}

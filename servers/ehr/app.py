@@ -63,6 +63,9 @@ def build_authorization_server(settings: EHRSettings, base_url: str) -> SmartAut
 
 def make_app(settings: EHRSettings, base_url: str) -> tornado.web.Application:
     """Build the EHR served at ``base_url`` (FHIR base ``{base_url}/fhir``, OAuth under ``/auth``)."""
+    # Authlib logs issued tokens at DEBUG; tokens never go to logs, whatever --log-level says
+    authlib_log = logging.getLogger("authlib")
+    authlib_log.setLevel(max(authlib_log.getEffectiveLevel(), logging.INFO))
     if settings.auto_approve:
         log.warning("*** --auto-approve is ON (demo only): the EHR grants every authorization request with a "
                     "loopback redirect URI WITHOUT login or consent ***")

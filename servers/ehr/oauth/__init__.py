@@ -10,5 +10,7 @@ Modules: :mod:`.endpoints` (URL layout), :mod:`.clients` (client registry from J
 (demo logins, hashed passwords), :mod:`.store` (SQLite: codes, tokens, pending requests), :mod:`.grants`
 (Authlib grants with SMART rules), :mod:`.idtoken` (signing key, JWKS, id_token), :mod:`.server` (the
 Authlib AuthorizationServer for Tornado), :mod:`.introspector` (in-process introspection for resource
-servers), :mod:`.smart_config` (``.well-known/smart-configuration``), :mod:`.handlers` (HTTP).
+servers), :mod:`.smart_config` (``.well-known/smart-configuration``), :mod:`.pages` (authorize endpoint,
+login, patient picker, consent), :mod:`.consent_text` (scope descriptions), :mod:`.handlers` (token,
+introspection, revocation, JWKS, discovery; the URL rules).
 """

@@ -24,6 +24,8 @@ ROLES: dict[str, str] = {
     "demo": "servers.demo",
     "pacs": "servers.pacs.command",
     "ehr": "servers.ehr.command",
+    "introspection": "servers.introspection.command",
+    "broker": "servers.broker.command",
 }
 
 log = logging.getLogger("s4s.servers")

@@ -24,6 +24,8 @@ log = logging.getLogger("s4s.demo")
 DEMO_ROLES: dict[str, str] = {
     "pacs": "servers.pacs.command",
     "ehr": "servers.ehr.command",
+    "introspection": "servers.introspection.command",
+    "broker": "servers.broker.command",
 }
 
 

@@ -8,6 +8,7 @@ DICOMweb base ``{base_url}/dicom-web``.
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,14 @@ def broker_routes(ctx: BrokerContext, *, discovery: bool = True) -> list[tuple[s
     return rules
 
 
+def quiet_httpx() -> None:
+    """httpx logs every request URL at INFO; the broker's carry PatientIDs in QIDO query strings, and
+    query strings are never logged (servers/base.py). Its warnings still show."""
+    logger = logging.getLogger("httpx")
+    if logger.level < logging.WARNING:
+        logger.setLevel(logging.WARNING)
+
+
 def _origin(url: str) -> str:
     m = re.match(r"^[a-z]+://[^/]+", url)
     return m.group(0) if m else ""
@@ -117,6 +126,7 @@ def _origin(url: str) -> str:
 def make_app(settings: BrokerSettings, base_url: str, **overrides: Any) -> tornado.web.Application:
     """The broker alone at ``base_url``. ``overrides`` go to :func:`build_context` (tests pass an
     in-process authorizer or another upstream)."""
+    quiet_httpx()
     ctx, cleanups = build_context(settings, base_url, **overrides)
     settings_kw: dict[str, Any] = {CLEANUP_KEY: cleanups}
     app = tornado.web.Application(broker_routes(ctx), log_function=log_request, **settings_kw)

@@ -1,0 +1,82 @@
+"""FHIR Broker: ImagingStudy from QIDO-RS and a guarded DICOMweb pass-through in front of a PACS
+(``s4s-servers broker --pacs URL --introspection URL --ehr URL ...``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from servers.broker.app import make_app
+from servers.broker.settings import BrokerSettings
+from servers.ehr.oauth.clients import BROKER_CLIENT_ID, demo_client
+from servers.runtime import Reservation, ServerLoop, reserve
+
+if TYPE_CHECKING:
+    from servers.demo import DemoContext
+
+log = logging.getLogger("s4s.broker")
+
+SECRET_ENV = "S4S_BROKER_CLIENT_SECRET"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pacs", required=True, metavar="URL",
+                   help="the PACS's DICOMweb base (ours, Orthanc's http://host:8042/dicom-web, ...)")
+    p.add_argument("--introspection", required=True, metavar="URL",
+                   help="an RFC 7662 endpoint: the token introspection service or the EHR's own")
+    p.add_argument("--ehr", required=True, metavar="URL", help="the EHR's FHIR base (e.g. http://host/fhir)")
+    p.add_argument("--client-id", default=BROKER_CLIENT_ID,
+                   help="the broker's confidential client at the EHR")
+    p.add_argument("--client-secret", help=f"the client secret (visible to other local users in the "
+                   f"process list: prefer --client-secret-file or {SECRET_ENV})")
+    p.add_argument("--client-secret-file", metavar="FILE",
+                   help=f"file holding the client secret (or set {SECRET_ENV})")
+    p.add_argument("--patient-identifier", default=BrokerSettings.patient_identifier,
+                   help="which Patient.identifier is the DICOM PatientID: 'type:SYSTEM|CODE' or 'system:URI' "
+                        "(default the v2-0203 MR type)")
+    p.add_argument("--pacs-authorization-file", metavar="FILE",
+                   help="file holding an Authorization header value for the PACS (the user's token never "
+                        "goes there)")
+    p.add_argument("--upstream-timeout", type=float, default=BrokerSettings.upstream_timeout,
+                   help="seconds to wait for the PACS (connect, answer, next chunk)")
+    p.add_argument("--data-dir", default="broker-data", help="folder of the audit trail (audit.jsonl)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+
+
+def describe(url: str) -> dict[str, Any]:
+    return {"broker_fhir": f"{url}/fhir", "broker_dicomweb": f"{url}/dicom-web"}
+
+
+def serve(loop: ServerLoop, settings: BrokerSettings, reservation: Reservation) -> dict[str, Any]:
+    served = loop.serve(lambda url: make_app(settings, url), reservation)
+    log.info("FHIR broker at %s/fhir, DICOMweb at %s/dicom-web, in front of %s", served.url, served.url,
+             settings.pacs_url)
+    return describe(served.url)
+
+
+def run(args: argparse.Namespace, loop: ServerLoop) -> dict[str, Any]:
+    secret = args.client_secret or (Path(args.client_secret_file).read_text().strip()
+                                    if args.client_secret_file else os.environ.get(SECRET_ENV, ""))
+    pacs_auth = (Path(args.pacs_authorization_file).read_text().strip()
+                 if args.pacs_authorization_file else None)
+    data_dir = Path(args.data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    settings = BrokerSettings(
+        pacs_url=args.pacs.rstrip("/"), ehr_fhir=args.ehr.rstrip("/"), introspection_url=args.introspection,
+        client_id=args.client_id, client_secret=secret, patient_identifier=args.patient_identifier,
+        data_dir=data_dir, upstream_timeout=args.upstream_timeout, upstream_authorization=pacs_auth)
+    return serve(loop, settings, reserve(args.host, args.port))
+
+
+def start_in_demo(ctx: DemoContext, loop: ServerLoop) -> dict[str, Any]:
+    """The broker in the demo stack: in front of the demo PACS, asking the introspection service."""
+    client = demo_client(ctx.data_dir, BROKER_CLIENT_ID)
+    settings = BrokerSettings(
+        pacs_url=ctx.url("pacs") + "/dicom-web", ehr_fhir=ctx.url("ehr") + "/fhir",
+        introspection_url=ctx.url("introspection") + "/introspect", client_id=client.client_id,
+        client_secret=client.client_secret or "", data_dir=ctx.data_dir / "broker")
+    return serve(loop, settings, ctx.reservations["broker"])

@@ -1,5 +1,5 @@
 """A DICOMweb server used directly: QIDO-RS search into pandas (PS3.18 10.6), WADO-RS metadata and
-rendered thumbnails through dicomweb-client (PS3.18 10.4.1.1.2, 10.4.1.1.4), bulk retrieval through
+through dicomweb-client (PS3.18 10.4.1.1.2), bulk retrieval and rendered thumbnails (10.4.1.1.4) through
 :class:`~s4s_jupyter.client.retrieve.Retriever`.
 
 Works with any DICOMweb origin server (Orthanc, dcm4chee, this project's PACS) without authorization,
@@ -141,24 +141,21 @@ def _without_bulk_data(obj: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def thumbnails(targets: Sequence[SeriesTarget], clients: Callable[[DICOMwebEndpoint], DICOMwebClient],
-               instances: Callable[[SeriesTarget], Sequence[str]], size: int = 128) -> pd.DataFrame:
+def thumbnails(targets: Sequence[SeriesTarget], retriever: Retriever, size: int = 128) -> pd.DataFrame:
     """One rendered PNG per series (its first instance, ``viewport={size},{size}``, PS3.18 8.3.5.1.3) as
     PIL images in a DataFrame (columns ``study_uid``, ``series_uid``, ``sop_uid``, ``image``)."""
     import pandas as pd
     from PIL import Image
 
     rows = []
-    for t in targets:
-        uids = instances(t)
-        if not uids:
+    for t in retriever.resolve(targets):
+        expected = t.expected() or ()
+        if not expected:
             continue
-        png = clients(t.endpoint).retrieve_instance_rendered(
-            t.study_uid, t.series_uid, uids[0], media_types=("image/png",),
-            params={"viewport": f"{size},{size}"})
+        png = retriever.rendered(t, expected[0].sop_uid, size)
         image = Image.open(io.BytesIO(png))
         image.load()
-        rows.append({"study_uid": t.study_uid, "series_uid": t.series_uid, "sop_uid": uids[0],
+        rows.append({"study_uid": t.study_uid, "series_uid": t.series_uid, "sop_uid": expected[0].sop_uid,
                      "image": image})
     return pd.DataFrame(rows, columns=["study_uid", "series_uid", "sop_uid", "image"])
 
@@ -221,7 +218,5 @@ class DICOMweb:
         return metadata(self.targets(what), self.clients, first_only)
 
     def thumbnails(self, what: Any, size: int = 128) -> pd.DataFrame:
-        return thumbnails(self.targets(what), self.clients, self._first_instances, size)
-
-    def _first_instances(self, target: SeriesTarget) -> list[str]:
-        return [i.sop_uid for i in (self.retriever.resolve([target])[0].expected() or ())][:1]
+        """A rendered PNG thumbnail of the first instance of each series (PIL images in ``image``)."""
+        return thumbnails(self.targets(what), self.retriever, size)

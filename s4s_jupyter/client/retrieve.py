@@ -7,7 +7,7 @@ parser of :mod:`s4s_jupyter.core.multipart`, writes every part to a temporary fi
 reads only the file's header to learn its UIDs, and renames it into place. Memory stays bounded by the
 chunk size whatever the size of the study, and several series (or instances) download at once over a
 bounded number of connections per host. dicomweb-client serves the lighter calls (QIDO-RS, metadata,
-rendered thumbnails: :mod:`s4s_jupyter.client.dicomweb`).
+of which rendered thumbnails go through this engine too, see :meth:`Retriever.rendered`).
 
 Layout on disk: ``{directory}/{PatientID}/{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}.dcm``
 (PatientID from the file, made safe for file names; the FHIR patient id when the file has none). A
@@ -54,7 +54,7 @@ from s4s_jupyter.core.multipart import (
     PartStart,
     parse_content_type,
 )
-from s4s_jupyter.core.uids import is_valid_uid
+from s4s_jupyter.core.uids import check_uid, is_valid_uid
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -353,6 +353,19 @@ class Retriever:
             raise ClientError(f"QIDO-RS {path} did not answer a JSON array", status=502)
         return data
 
+    def rendered(self, target: SeriesTarget, sop_uid: str, size: int | None = None,
+                 media_type: str = "image/png") -> bytes:
+        """A rendered instance (PS3.18 10.4.1.1.4), scaled into ``size`` x ``size`` (``viewport``, 8.3.5.1.3).
+
+        The comma of ``viewport`` is sent literally: Orthanc 1.10 refuses it percent-encoded (as
+        ``requests``, and so dicomweb-client, always sends it).
+        """
+        url = f"{target.url}/instances/{check_uid(sop_uid, 'SOPInstanceUID')}/rendered"
+        if size is not None:
+            url += f"?viewport={int(size)},{int(size)}"
+        with self._get(url, target.endpoint, media_type) as response:
+            return response.read()
+
     # -- planning ------------------------------------------------------------------------------------
 
     def resolve(self, targets: Sequence[SeriesTarget]) -> list[SeriesTarget]:
@@ -490,10 +503,11 @@ class Retriever:
         if errors:
             (_study, series), message = next(iter(errors.items()))
             raise ClientError(f"{len(errors)} series failed; series {series}: {message}", status=502)
-        out: list[Dataset] = []
-        for infos in expected.values():
-            out.extend(run.datasets[i.sop_uid] for i in infos if i.sop_uid in run.datasets)
-        return out
+        missing = [i.sop_uid for infos in expected.values() for i in infos if i.sop_uid not in run.datasets]
+        if missing:
+            raise ClientError(f"the server did not send {len(missing)} instance(s), e.g. {missing[0]}",
+                              status=502)
+        return [run.datasets[i.sop_uid] for infos in expected.values() for i in infos]
 
 
 def _read_sidecar(root: Path) -> dict[str, dict[str, Any]]:

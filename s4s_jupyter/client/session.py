@@ -318,10 +318,7 @@ class Session:
         """A rendered PNG thumbnail of the first instance of each series (PIL images in column ``image``)."""
         from s4s_jupyter.client.dicomweb import thumbnails
 
-        def first(t: SeriesTarget) -> list[str]:
-            return [i.sop_uid for i in (self.retriever.resolve([t])[0].expected() or ())][:1]
-
-        return thumbnails(self.targets(what), self.dicomweb_clients, first, size)
+        return thumbnails(self.targets(what), self.retriever, size)
 
     def dicomweb(self, endpoint: str | DICOMwebEndpoint | None = None) -> Any:
         """A :class:`~s4s_jupyter.client.dicomweb.DICOMweb` for an imaging Endpoint (QIDO-RS and the rest
@@ -342,7 +339,8 @@ class Session:
 def connect(fhir_base: str, *, client_id: str = DEFAULT_CLIENT_ID, client_secret: str | None = None,
             scopes: str = DEFAULT_SCOPES, imaging_base: str | None = None, login: bool = True,
             browser: launch.Browser | None = None, receiver: launch.RedirectReceiver | None = None,
-            token_store: TokenStore | str | bool | None = True, timeout: float = 60.0,
+            token_store: TokenStore | str | os.PathLike[str] | bool | None = True,
+            timeout: float = 60.0,
             connections_per_host: int = 4) -> Session:
     """Connect to a SMART on FHIR EHR and log in (unless stored tokens still work).
 

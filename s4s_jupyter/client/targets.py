@@ -63,6 +63,8 @@ class SeriesTarget:
         if self.instances is None:
             return None
         chosen = [i for i in self.instances if self.only is None or i.sop_uid in self.only]
+        listed = {i.sop_uid for i in self.instances}
+        chosen += [InstanceInfo(uid) for uid in sorted(self.only or ()) if uid not in listed]  # asked for
         return tuple(sorted(chosen, key=lambda i: (i.number is None, i.number or 0, i.sop_uid)))
 
 
@@ -169,6 +171,8 @@ def series_targets(what: Any, *, endpoint: DICOMwebEndpoint | None, qido: Qido,
         listed = instances_from_resource(resource) if resource else {}
         series_uids = [str(s["uid"]) for s in (resource or {}).get("series") or []] or qido_series(
             qido, ep, study_uid)
+        if not series_uids:
+            raise ClientError(f"{ep.address} knows no series of study {study_uid}", status=404)
         for s_uid in series_uids:
             out.append(SeriesTarget(ep, study_uid, s_uid, listed.get(s_uid), _fhir_id(row),
                                     _str(row.get("patient"))))

@@ -115,7 +115,7 @@ class TokenStore:
     ``path`` None means :func:`default_token_path`.
     """
 
-    def __init__(self, path: Path | str | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         self.path = Path(path) if path is not None else default_token_path()
 
     def get(self, key: str) -> TokenSet | None:

@@ -46,11 +46,16 @@ class Grant:
     token: IntrospectionResult
 
 
-def bearer_token(authorization: str | None, query: Mapping[str, object], body_has_token: bool = False) -> str:
-    """The bearer token of a request (RFC 6750 2.1); refuses tokens sent any other way."""
+def refuse_token_outside_header(query: Mapping[str, object], body_has_token: bool = False) -> None:
+    """400 for ``access_token`` in the query string or a form body (RFC 6750 2.2, 2.3): never used."""
     if "access_token" in query or body_has_token:
         raise OAuthError("access tokens are accepted in the Authorization header only (RFC 6750 2.1)",
                          error="invalid_request", status=400)
+
+
+def bearer_token(authorization: str | None, query: Mapping[str, object], body_has_token: bool = False) -> str:
+    """The bearer token of a request (RFC 6750 2.1); refuses tokens sent any other way."""
+    refuse_token_outside_header(query, body_has_token)
     if not authorization:
         raise InvalidToken("missing bearer token")
     scheme, _, token = authorization.strip().partition(" ")

@@ -29,6 +29,7 @@ from servers.ehr.fhir.access import (
     check_search,
     grant_for,
     introspect,
+    refuse_token_outside_header,
 )
 from servers.ehr.fhir.capability import capability_statement
 from servers.ehr.fhir.negotiation import check_acceptable, check_body_type
@@ -61,6 +62,7 @@ class FHIRBaseHandler(FHIRHandler):
         return self._decode(self.request.query_arguments)
 
     def negotiate(self, args: Mapping[str, list[str]]) -> None:
+        refuse_token_outside_header(args)
         check_acceptable(self.request.headers.get("Accept"), [v for v in args.get("_format", []) if v])
 
     async def authenticate(self, args: Mapping[str, list[str]], body_has_token: bool = False) -> Any:

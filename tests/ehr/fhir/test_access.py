@@ -84,6 +84,9 @@ def test_tokens_in_the_query_string_or_body_are_refused_and_never_used(ehr: Runn
     _outcome(r, 400)
     r = fhir_a.post("Observation/_search", data={"patient": patient_a, "access_token": "x"})
     _outcome(r, 400)
+    # refused before anything else is looked at
+    _outcome(fhir_a.get("Observation", {"access_token": "x"}, Accept="application/xml"), 400)
+    _outcome(httpx.get(f"{ehr.fhir_base}/metadata", params={"access_token": "x"}), 400)
     r = httpx.post(f"{ehr.fhir_base}/Observation/_search", data={"patient": patient_a,
                                                                   "access_token": fhir_a.token})
     _outcome(r, 400)

@@ -225,3 +225,28 @@ def test_s4s_calls_with_a_token_from_a_real_launch(ehr: RunningEHR, chart: Chart
         assert r.status_code == 200, (rtype, r.text)
         own = {x["id"] for x in chart[patient]}
         assert all(e["resource"]["id"] in own for e in r.json().get("entry", []))
+
+
+def test_fhirclient_reads_every_s4s_call_following_next_links(ehr: RunningEHR, patient_a: str,
+                                                              chart: Chart) -> None:
+    """fhirclient (SMART on FHIR's Python client, R4 models) as an outside judge: its searches parse our
+    Bundles into R4 models and its pager follows our ``next`` links to the same resources as the oracle."""
+    from fhirclient.auth import FHIROAuth2Auth
+    from fhirclient.models.fhirelementfactory import FHIRElementFactory
+    from fhirclient.server import FHIRServer
+
+    from tests.ehr.fhir.conftest import mint
+
+    server = FHIRServer(None, base_uri=ehr.fhir_base + "/")
+    server.auth = FHIROAuth2Auth()
+    server.auth.access_token = mint(ehr, "launch/patient patient/*.rs", patient_a).token
+    for rtype, extra in S4S_CALLS:
+        model = type(FHIRElementFactory.instantiate(rtype, None))
+        search = model.where(struct={"patient": patient_a, "_count": "5", **extra})
+        got = [r.id for r in search.perform_resources_iter(server)]
+        expected = [r for r in chart[patient_a] if r["resourceType"] == rtype]
+        if "category" in extra:
+            expected = [r for r in expected if extra["category"] in _codes(r, "category")]
+        if "code" in extra:
+            expected = [r for r in expected if "72166-2" in _codes(r, "code")]
+        assert len(got) == len(set(got)) and set(got) == {r["id"] for r in expected}, rtype

@@ -1,0 +1,58 @@
+"""A recording, fault-injecting HTTP proxy for the kit's tests (a stand-in for a busy or odd server).
+
+It forwards every GET to ``upstream`` (prefix replaced) with Tornado's HTTP client and records what the
+kit sent (path, whether an ``Authorization`` header came along), how many requests were in flight at once,
+and answers the first ``fail_first`` retrieval requests with ``503`` and ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import tornado.web
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+
+
+@dataclass
+class ProxyState:
+    upstream: str
+    fail_first: int = 0
+    retry_after: str = "1"
+    seen: list[tuple[str, bool]] = field(default_factory=list)  # (path, had Authorization)
+    in_flight: int = 0
+    max_in_flight: int = 0
+    failed: int = 0
+
+
+class ProxyHandler(tornado.web.RequestHandler):
+    def initialize(self, state: ProxyState) -> None:
+        self.state = state
+
+    async def get(self, path: str) -> None:
+        st = self.state
+        st.seen.append((path, "Authorization" in self.request.headers))
+        if re.search(r"/(series|instances)/[^/]+$", path) and st.failed < st.fail_first:  # WADO-RS only
+            st.failed += 1
+            self.set_status(503)
+            self.set_header("Retry-After", st.retry_after)
+            self.finish("busy")
+            return
+        st.in_flight += 1
+        st.max_in_flight = max(st.max_in_flight, st.in_flight)
+        try:
+            headers = {k: v for k, v in self.request.headers.items() if k.lower() in ("accept",)}
+            url = f"{st.upstream}/{path}" + (f"?{self.request.query}" if self.request.query else "")
+            response = await AsyncHTTPClient().fetch(HTTPRequest(url, headers=headers, request_timeout=60),
+                                                     raise_error=False)
+            self.set_status(response.code)
+            for name in ("Content-Type", "Retry-After"):
+                if name in response.headers:
+                    self.set_header(name, response.headers[name])
+            self.finish(response.body or b"")
+        finally:
+            st.in_flight -= 1
+
+
+def make_proxy(state: ProxyState) -> tornado.web.Application:
+    return tornado.web.Application([(r"/dicom-web/(.*)", ProxyHandler, {"state": state})])

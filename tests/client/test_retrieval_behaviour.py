@@ -1,0 +1,83 @@
+"""Retrieval behaviour seen from the server side: the token only where the Endpoint asks for it,
+``Retry-After`` honoured, a bounded number of connections per host, failures in the manifest."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from s4s_jupyter.client.retrieve import Retriever, retry_after_seconds
+from s4s_jupyter.client.targets import DICOMwebEndpoint, series_targets
+from servers.demo_data.plan import DemoPlan
+from servers.runtime import ServerLoop
+from tests.client.proxy import ProxyState, make_proxy
+
+
+def proxy(server_loop: ServerLoop, pacs: str, **kw: object) -> tuple[ProxyState, str]:
+    state = ProxyState(pacs, **kw)  # type: ignore[arg-type]
+    served = server_loop.serve(lambda url: make_proxy(state))
+    return state, f"{served.url}/dicom-web"
+
+
+def test_retry_after_is_honoured(server_loop: ServerLoop, pacs: str, kit_plan: DemoPlan,
+                                 tmp_path: Path) -> None:
+    state, url = proxy(server_loop, pacs, fail_first=2, retry_after="1")
+    study = kit_plan.patients[0].studies[0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        time.sleep(seconds)
+
+    with Retriever(connections_per_host=1, sleep=sleep) as r:
+        targets = series_targets(study.study_uid, endpoint=DICOMwebEndpoint(url), qido=r.qido)
+        manifest = r.download(targets, tmp_path, progress=False)
+    assert set(manifest["status"]) == {"downloaded"} and len(manifest) == study.number_of_instances
+    assert state.failed == 2 and slept == [1.0, 1.0]
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+    assert retry_after_seconds("120") == 120.0 and retry_after_seconds("soon") is None
+
+
+def test_gives_up_after_max_attempts_and_says_so_in_the_manifest(server_loop: ServerLoop, pacs: str,
+                                                                kit_plan: DemoPlan, tmp_path: Path) -> None:
+    _, url = proxy(server_loop, pacs, fail_first=1000, retry_after="0")
+    study = kit_plan.patients[0].studies[0]
+    with Retriever(max_attempts=2, sleep=lambda s: None) as r:
+        targets = series_targets(study.study_uid, endpoint=DICOMwebEndpoint(url), qido=r.qido)
+        manifest = r.download(targets, tmp_path, progress=False)
+    assert set(manifest["status"]) == {"failed"}
+    assert manifest["error"].str.contains("503").all()
+    assert not any(tmp_path.rglob("*.dcm"))
+
+
+def test_connections_per_host_are_bounded(server_loop: ServerLoop, pacs: str, kit_plan: DemoPlan,
+                                          tmp_path: Path) -> None:
+    state, url = proxy(server_loop, pacs)
+    studies = [s.study_uid for p in kit_plan.patients for s in p.studies]
+    with Retriever(connections_per_host=2) as r:
+        targets = series_targets(studies, endpoint=DICOMwebEndpoint(url), qido=r.qido)
+        manifest = r.download(targets, tmp_path, progress=False)
+    assert set(manifest["status"]) == {"downloaded"}
+    assert len(manifest) == sum(s.number_of_instances for p in kit_plan.patients for s in p.studies)
+    assert 1 <= state.max_in_flight <= 2
+
+
+def test_token_goes_only_where_the_endpoint_requires_it(server_loop: ServerLoop, pacs: str,
+                                                        kit_plan: DemoPlan) -> None:
+    import httpx
+
+    class FixedToken(httpx.Auth):
+        def auth_flow(self, request: httpx.Request):  # type: ignore[no-untyped-def]
+            request.headers["Authorization"] = "Bearer test-token"
+            yield request
+
+    state, url = proxy(server_loop, pacs)
+    study = kit_plan.patients[0].studies[0]
+    with Retriever(auth=FixedToken()) as r:
+        r.load(series_targets(study.study_uid, endpoint=DICOMwebEndpoint(url, False), qido=r.qido),
+               progress=False)
+        assert state.seen and not any(auth for _, auth in state.seen)
+        state.seen.clear()
+        r.load(series_targets(study.study_uid, endpoint=DICOMwebEndpoint(url, True), qido=r.qido),
+               progress=False)
+        assert state.seen and all(auth for _, auth in state.seen)

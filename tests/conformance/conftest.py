@@ -14,8 +14,11 @@ from pathlib import Path
 import pytest
 from dicomweb_client.api import DICOMwebClient
 
+from servers.pacs.app import make_app
+from servers.pacs.settings import PACSSettings
 from servers.runtime import ServerLoop
 from tests.conformance.dataset import Instance, build_instances
+from tests.support.fixtures import orthanc  # noqa: F401  (the shared session fixture, tested here)
 from tests.support.orthanc import OrthancServer
 
 
@@ -29,10 +32,6 @@ class Pair:
 
 def start_pacs(loop: ServerLoop, data_dir: Path) -> str:
     """Serve a PACS on a free loopback port with ``data_dir`` as its store; return its DICOMweb base."""
-    from servers.pacs.app import make_app
-
-    from servers.pacs.settings import PACSSettings
-
     settings = PACSSettings(data_dir=data_dir)
     served = loop.serve(lambda url: make_app(settings, url))
     return f"{served.url}/dicom-web"
@@ -47,18 +46,18 @@ def instances() -> list[Instance]:
 def loaded(server_loop: ServerLoop, tmp_path_factory: pytest.TempPathFactory,
            instances: list[Instance]) -> Iterator[Pair]:
     """Orthanc and our PACS, each holding exactly the conformance set. Tests must not write to them."""
-    with OrthancServer(tmp_path_factory.mktemp("orthanc-loaded")) as orthanc:
-        orthanc.load(i.data for i in instances)
+    with OrthancServer(tmp_path_factory.mktemp("orthanc-loaded")) as reference:
+        reference.load(i.data for i in instances)
         ours = start_pacs(server_loop, tmp_path_factory.mktemp("pacs-loaded"))
         DICOMwebClient(ours).store_instances([i.dataset() for i in instances])
-        yield Pair(orthanc.dicomweb_url, ours)
+        yield Pair(reference.dicomweb_url, ours)
 
 
 @pytest.fixture(scope="session")
 def scratch_orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]:
     """An Orthanc the upload tests write to (emptied by :func:`fresh_pair` for each module)."""
-    with OrthancServer(tmp_path_factory.mktemp("orthanc-scratch")) as orthanc:
-        yield orthanc
+    with OrthancServer(tmp_path_factory.mktemp("orthanc-scratch")) as scratch:
+        yield scratch
 
 
 @pytest.fixture(scope="module")

@@ -64,3 +64,10 @@ def test_dicom_server_on_request_answers_c_echo() -> None:
         status = assoc.send_c_echo()
         assoc.release()
         assert status.Status == 0x0000
+
+
+def test_shared_session_fixture_serves_dicomweb(orthanc: OrthancServer) -> None:
+    """The fixture other suites import (tests/support/fixtures.py): running, DICOMweb at the base URL."""
+    assert orthanc.dicomweb_url == f"{orthanc.url}/dicom-web"
+    r = httpx.get(f"{orthanc.dicomweb_url}/studies", params={"PatientID": "NO-SUCH-MRN"})
+    assert r.status_code == 200 and r.json() == []

@@ -148,11 +148,29 @@ class StudiesHandler(SearchMixin):
     _part_type: str = ""
     _part: list[bytes]
     _study: str | None = None
+    _refusal: DICOMwebError | None = None
+    _pending: set[asyncio.Future[None]]
 
     async def prepare(self) -> None:
         if self.request.method != "POST":
             return
         settings = self.ctx.settings
+        length = self.request.headers.get("Content-Length")
+        if length is not None and length.isdigit() and int(length) > settings.max_upload_bytes:
+            # answered now, before the body is read; the connection is closed afterwards
+            raise PayloadTooLarge(f"the body ({length} bytes) exceeds the limit of "
+                                  f"{settings.max_upload_bytes} bytes")
+        # tornado's own limit would cut the connection; ours answers 413 (chunked bodies: a hard cap)
+        connection = self.request.connection
+        if connection is not None and hasattr(connection, "set_max_body_size"):
+            connection.set_max_body_size(2 * settings.max_upload_bytes + 1024 * 1024)
+        try:
+            self._parser = self._start()
+        except DICOMwebError as exc:
+            # other refusals are answered once the (bounded) body is consumed, so the client reads them
+            self._refusal = exc
+
+    def _start(self) -> MultipartParser:
         media, params = parse_content_type(self.request.headers.get("Content-Type", ""))
         if media != "multipart/related":
             raise UnsupportedMediaType(
@@ -164,25 +182,16 @@ class StudiesHandler(SearchMixin):
         boundary = params.get("boundary")
         if not boundary:
             raise DICOMwebError("multipart/related body without a boundary parameter")
-        length = self.request.headers.get("Content-Length")
-        if length is not None:
-            if not length.isdigit():
-                raise DICOMwebError("malformed Content-Length")
-            if int(length) > settings.max_upload_bytes:
-                raise PayloadTooLarge(f"the body ({length} bytes) exceeds the limit of "
-                                      f"{settings.max_upload_bytes} bytes")
         path_args = self.path_args
         self._study = self.uid(path_args[0], "StudyInstanceUID") if path_args else None
-        # tornado's own limit would cut the connection; ours answers 413 (chunked bodies: a hard cap)
-        connection = self.request.connection
-        if connection is not None and hasattr(connection, "set_max_body_size"):
-            connection.set_max_body_size(2 * settings.max_upload_bytes + 1024 * 1024)
         try:
-            self._parser = MultipartParser(boundary)
+            parser = MultipartParser(boundary)
         except MultipartError as exc:
             raise DICOMwebError(str(exc)) from None
         self._tx = StoreTransaction(self._study)
         self._part = []
+        self._pending = set()
+        return parser
 
     async def data_received(self, chunk: bytes) -> None:
         if self._parser is None or self._too_large or self._malformed:
@@ -205,13 +214,16 @@ class StudiesHandler(SearchMixin):
                 self._part.append(event.data)
             elif isinstance(event, PartEnd):
                 data, self._part = b"".join(self._part), []
-                await self._store_part(data)
+                media, _ = parse_content_type(self._part_type)
+                if media != "application/dicom":
+                    self._tx.add_unsupported(self._part_type)
+                    continue
+                # parts are stored concurrently (fsync latency overlaps), a few at a time (bounded memory)
+                self._pending.add(asyncio.ensure_future(self._store_part(data)))
+                if len(self._pending) >= self.ctx.settings.workers:
+                    _, self._pending = await asyncio.wait(self._pending, return_when=asyncio.FIRST_COMPLETED)
 
     async def _store_part(self, data: bytes) -> None:
-        media, _ = parse_content_type(self._part_type)
-        if media != "application/dicom":
-            self._tx.add_unsupported(self._part_type)
-            return
         try:
             stored = await self.run(self.ctx.store.put, data, self._study)
         except DICOMwebError as exc:
@@ -222,7 +234,16 @@ class StudiesHandler(SearchMixin):
         else:
             self._tx.add_stored(stored)
 
+    def on_connection_close(self) -> None:
+        for task in getattr(self, "_pending", ()):
+            task.cancel()
+
     async def post(self, study: str | None = None) -> None:
+        if self._refusal is not None:
+            raise self._refusal
+        if self._pending:
+            await asyncio.gather(*self._pending)
+            self._pending = set()
         if self._too_large:
             raise PayloadTooLarge(f"the body exceeds the limit of {self.ctx.settings.max_upload_bytes} bytes")
         if self._malformed:

@@ -176,7 +176,7 @@ def parse_match(name: str, value: str, fuzzy: bool) -> Match | None:
         raise BadQuery(f"{name}: sequence matching is not supported by this server")
     tag = resolve_tag(name)
     vr = vr_of(tag)
-    if vr in ("SQ", "OB", "OW", "OF", "OD", "OL", "OV", "UN", "FL", "FD"):
+    if set(vr.split(" or ")) & {"SQ", "OB", "OW", "OF", "OD", "OL", "OV", "UN", "FL", "FD"}:
         raise BadQuery(f"{name}: matching on VR {vr} is not supported")
     if value == "":
         return None

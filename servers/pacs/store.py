@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
@@ -162,12 +163,18 @@ class InstanceFile:
     number_of_frames: int | None
 
 
-def _json_of(ds: Dataset, keywords: tuple[str, ...]) -> dict[str, Any]:
-    sub = Dataset()
-    for kw in keywords:
-        if kw in ds:
-            sub[kw] = ds[kw]
-    return sub.to_json_dict(bulk_data_threshold=1024, bulk_data_element_handler=lambda _e: "")
+def _tags(keywords: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(f"{tag_for_keyword(k):08X}" for k in keywords)
+
+
+STUDY_TAGS = _tags(STUDY_KEYWORDS)
+SERIES_TAGS = _tags(SERIES_KEYWORDS)
+INSTANCE_TAGS = _tags(INSTANCE_KEYWORDS)
+
+
+def _subset(meta: dict[str, Any], tags: tuple[str, ...]) -> dict[str, Any]:
+    """The elements of ``meta`` (DICOM JSON) whose tags are in ``tags``, without bulk data references."""
+    return {t: meta[t] for t in tags if t in meta and "BulkDataURI" not in meta[t]}
 
 
 def _text(ds: Dataset, keyword: str) -> str:
@@ -365,7 +372,7 @@ class Store:
         """Everything the index keeps about one instance, computed outside the write lock."""
         ds = c.dataset
         meta = metadata_json(c, self.bulk_data_threshold)
-        qido = {k: v for k, v in _json_of(ds, INSTANCE_KEYWORDS).items()}
+        qido = _subset(meta, INSTANCE_TAGS)
         qido["00080056"] = {"vr": "CS", "Value": ["ONLINE"]}
         qido["00081190"] = {"vr": "UR", "Value": [
             f"{BASE}/studies/{c.study_uid}/series/{c.series_uid}/instances/{c.sop_instance_uid}"]}
@@ -377,13 +384,13 @@ class Store:
                       normalise_time(_text(ds, "StudyTime")) if _text(ds, "StudyTime") else "",
                       _text(ds, "AccessionNumber"), _text(ds, "StudyID"),
                       str(ref) if ref is not None else "", _text(ds, "StudyDescription"),
-                      json.dumps(_json_of(ds, STUDY_KEYWORDS), ensure_ascii=False)),
+                      json.dumps(_subset(meta, STUDY_TAGS), ensure_ascii=False)),
             "series": (c.series_uid, c.study_uid, _text(ds, "Modality"), _int(ds, "SeriesNumber"),
                        _text(ds, "SeriesDescription"), _text(ds, "BodyPartExamined"), _text(ds, "SeriesDate"),
                        _text(ds, "PerformedProcedureStepStartDate"),
                        normalise_time(_text(ds, "PerformedProcedureStepStartTime"))
                        if _text(ds, "PerformedProcedureStepStartTime") else "",
-                       json.dumps(_json_of(ds, SERIES_KEYWORDS), ensure_ascii=False)),
+                       json.dumps(_subset(meta, SERIES_TAGS), ensure_ascii=False)),
             "instance": (c.sop_instance_uid, c.series_uid, c.study_uid, c.sop_class_uid,
                          _int(ds, "InstanceNumber"), _int(ds, "Rows"), _int(ds, "Columns"),
                          _int(ds, "BitsAllocated"), _int(ds, "NumberOfFrames"), c.transfer_syntax_uid,

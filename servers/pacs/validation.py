@@ -19,6 +19,7 @@ import io
 from dataclasses import dataclass
 
 from pydicom import dcmread
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_fragments
@@ -62,12 +63,25 @@ class CheckedInstance:
     pixel_length: int | None
 
 
+def _raw_text(ds: Dataset, keyword: str) -> str | None:
+    """A string value read from the element's bytes (pydicom's own conversion would warn on bad UIDs)."""
+    tag = tag_for_keyword(keyword)
+    if tag is None or tag not in ds:
+        return None
+    item = ds.get_item(tag)
+    if isinstance(item, RawDataElement):
+        raw = item.value or b""
+        return raw.decode("ascii", "replace").rstrip("\0 ").strip()
+    value = item.value if item is not None else None
+    return None if value is None else str(value).strip()
+
+
 def _uid_of(ds: Dataset, keyword: str) -> str:
-    value = ds.get(keyword)
-    if value is None or str(value) == "":
+    value = _raw_text(ds, keyword)
+    if not value:
         raise InvalidInstance(f"{keyword} is missing", reason=0xA900)
     try:
-        return check_uid(str(value), keyword)
+        return check_uid(value, keyword)
     except InvalidUID as exc:
         raise InvalidInstance(exc.message, reason=0xA900) from exc
 
@@ -92,22 +106,21 @@ def check_part10(data: bytes) -> CheckedInstance:
 
 def _check_dataset(ds: Dataset, data: bytes) -> CheckedInstance:
     meta = ds.file_meta
-    ts = meta.get("TransferSyntaxUID")
-    if not ts:
+    ts_uid = _raw_text(meta, "TransferSyntaxUID")
+    if not ts_uid:
         raise InvalidInstance("the File Meta Information has no Transfer Syntax UID (0002,0010)")
-    ts_uid = str(ts)
     if not is_valid_uid(ts_uid):
         raise InvalidInstance(f"TransferSyntaxUID {ts_uid!r} is not a valid DICOM UID (PS3.5 9.1)")
     sop_class = _uid_of(ds, "SOPClassUID")
     sop_uid = _uid_of(ds, "SOPInstanceUID")
     study = _uid_of(ds, "StudyInstanceUID")
     series = _uid_of(ds, "SeriesInstanceUID")
-    media_uid = meta.get("MediaStorageSOPInstanceUID")
-    if media_uid is not None and str(media_uid) != sop_uid:
+    media_uid = _raw_text(meta, "MediaStorageSOPInstanceUID")
+    if media_uid is not None and media_uid != sop_uid:
         raise InvalidInstance("MediaStorageSOPInstanceUID (0002,0003) differs from SOPInstanceUID "
                               "(0008,0018)", reason=0xA900)
-    media_class = meta.get("MediaStorageSOPClassUID")
-    if media_class is not None and str(media_class) != sop_class:
+    media_class = _raw_text(meta, "MediaStorageSOPClassUID")
+    if media_class is not None and media_class != sop_class:
         raise InvalidInstance("MediaStorageSOPClassUID (0002,0002) differs from SOPClassUID (0008,0016)",
                               reason=0xA900)
     if len({sop_uid, study, series}) != 3:

@@ -245,7 +245,11 @@ class OrthancServer:
             proc.wait(timeout=10)
 
     def __enter__(self) -> OrthancServer:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()  # no process or temporary folder left behind by a failed start
+            raise
 
     def __exit__(self, typ: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:

@@ -25,6 +25,10 @@ from servers.ehr.fhir.searchparams import ParamType, SearchParam, params_for
 
 DEFAULT_COUNT = 50
 MAX_COUNT = 500
+#: bounds that keep one request's SQL small (SQLite's bound-variable limit) and its offsets sane
+MAX_VALUES = 100
+MAX_CRITERIA = 50
+MAX_OFFSET = 10**9
 #: R4 id datatype
 ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 RESULT_PARAMS = frozenset({"_count", "_offset", "_format"})
@@ -177,15 +181,15 @@ def parse_reference(raw: str, type_modifier: str | None, fhir_base: str) -> Refe
     return ReferenceValue(rtype, rid)
 
 
-def _int(name: str, values: list[str], lo: int) -> int:
+def _int(name: str, values: list[str], lo: int, hi: int | None = None) -> int:
     if len(values) != 1:
         raise FHIRError(f"{name} may be given once")
-    try:
-        n = int(values[0])
-    except ValueError:
-        raise FHIRError(f"{name} must be an integer, got {values[0]!r}") from None
-    if n < lo or not values[0].strip().lstrip("+").isdigit():
-        raise FHIRError(f"{name} must be an integer >= {lo}, got {values[0]!r}")
+    text = values[0].strip()
+    if not text.isdigit() or len(text) > 12:
+        raise FHIRError(f"{name} must be a non-negative integer, got {values[0]!r}")
+    n = int(text)
+    if n < lo or (hi is not None and n > hi):
+        raise FHIRError(f"{name} must be between {lo} and {hi}, got {values[0]!r}")
     return n
 
 
@@ -205,7 +209,7 @@ def parse_search(resource_type: str, arguments: Mapping[str, Iterable[str]], fhi
             if key == "_count" and values:
                 count = min(_int("_count", values, 0), MAX_COUNT)
             elif key == "_offset" and values:
-                offset = _int("_offset", values, 0)
+                offset = _int("_offset", values, 0, MAX_OFFSET)
             continue
         name, _, modifier = key.partition(":")
         param = known.get(name)
@@ -220,7 +224,10 @@ def parse_search(resource_type: str, arguments: Mapping[str, Iterable[str]], fhi
                 raise FHIRError(f"modifier :{modifier} of {name} is not supported", code="not-supported")
         for raw in values:
             parsed: list[Value] = []
-            for item in _split_values(raw):
+            items = _split_values(raw)
+            if len(items) > MAX_VALUES:
+                raise FHIRError(f"{key} has more than {MAX_VALUES} values")
+            for item in items:
                 if item == "":
                     raise FHIRError(f"empty value in {key}={raw!r}")
                 if param.type == ParamType.TOKEN:
@@ -234,5 +241,7 @@ def parse_search(resource_type: str, arguments: Mapping[str, Iterable[str]], fhi
                         raise FHIRError(f"malformed id {item!r}")
                     parsed.append(item)
             criteria.append(Criterion(param, tuple(parsed)))
+            if len(criteria) > MAX_CRITERIA:
+                raise FHIRError(f"more than {MAX_CRITERIA} search parameters")
             applied.append((key, raw))
     return SearchQuery(resource_type, tuple(criteria), count, offset, tuple(applied), tuple(unknown))

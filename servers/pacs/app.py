@@ -8,7 +8,7 @@ from typing import Any
 import tornado.web
 
 from servers.base import log_request
-from servers.pacs.handlers import PACSContext, routes
+from servers.pacs.handlers import NotFoundHandler, PACSContext, routes
 from servers.pacs.qido import QidoService
 from servers.pacs.settings import BASE_PATH, PACSSettings
 from servers.pacs.store import Store
@@ -33,5 +33,6 @@ def make_app(settings: PACSSettings, base_url: str) -> tornado.web.Application:
         executor.shutdown(wait=True)
         store.close()
 
-    app_settings: dict[str, Any] = {CLEANUP_KEY: [cleanup], "pacs": ctx, "log_function": log_request}
+    app_settings: dict[str, Any] = {CLEANUP_KEY: [cleanup], "pacs": ctx, "log_function": log_request,
+                                    "default_handler_class": NotFoundHandler}
     return tornado.web.Application(routes(ctx, BASE_PATH), **app_settings)

@@ -413,13 +413,20 @@ class RenderedHandler(PACSHandler):
         self.finish(image)
 
 
+class NotFoundHandler(DICOMwebHandler):
+    """Every other URL: 404 in the DICOMweb error form (not Tornado's HTML page)."""
+
+    def prepare(self) -> None:
+        raise wado.NotFound(f"no DICOMweb resource at {self.request.path}")
+
+
 def routes(ctx: PACSContext, prefix: str) -> list[tornado.web.URLSpec]:
     """The DICOMweb resources under ``prefix`` (PS3.18 10.4-10.6)."""
     p = prefix.rstrip("/")
     study = f"{p}/studies/{UID}"
     series = f"{study}/series/{UID}"
     instance = f"{series}/instances/{UID}"
-    frames = f"{instance}/frames/([0-9,]+)"
+    frames = f"{instance}/frames/([^/]+)"
     kw = {"ctx": ctx}
     thumb = {"ctx": ctx, "thumbnail": True}
     return [

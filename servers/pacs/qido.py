@@ -23,6 +23,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import Enum
 from typing import Any
 
@@ -156,16 +157,29 @@ def _parse_int(name: str, values: list[str]) -> int:
     return int(v)
 
 
+def _real_date(value: str) -> bool:
+    try:
+        datetime.strptime(value[:8], "%Y%m%d")
+    except ValueError:
+        return False
+    return True
+
+
+def _real_time(value: str) -> bool:
+    v = normalise_time(value)
+    return int(v[0:2]) <= 23 and int(v[2:4]) <= 59 and int(v[4:6]) <= 60
+
+
 def _check_temporal(vr: str, value: str, name: str) -> str:
     if vr == "DA":
-        if not _DATE.match(value):
+        if not _DATE.match(value) or not _real_date(value):
             raise BadQuery(f"{name}: {value!r} is not a date YYYYMMDD (PS3.5 6.2)")
         return value
     if vr == "TM":
-        if not _TIME.match(value):
+        if not _TIME.match(value) or not _real_time(value):
             raise BadQuery(f"{name}: {value!r} is not a time HHMMSS.FFFFFF (PS3.5 6.2)")
         return normalise_time(value)
-    if not _DT.match(value):
+    if not _DT.match(value) or (len(value) >= 8 and not _real_date(value)):
         raise BadQuery(f"{name}: {value!r} is not a date-time YYYYMMDDHHMMSS.FFFFFF&ZZXX (PS3.5 6.2)")
     return value
 

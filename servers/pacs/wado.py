@@ -117,10 +117,10 @@ def instance_segments(files: list[InstanceFile], syntax: str, boundary: str) -> 
 
 def parse_frame_list(text: str, number_of_frames: int) -> list[int]:
     """``1,3,5`` -> [1, 3, 5]; 400 for garbage, 404 for frames the instance does not have."""
-    try:
-        frames = [int(x) for x in text.split(",")]
-    except ValueError:
-        raise DICOMwebError(f"frame list {text!r} is not a comma-separated list of numbers") from None
+    parts = text.split(",")
+    if not all(p.isdigit() for p in parts):
+        raise DICOMwebError(f"frame list {text!r} is not a comma-separated list of numbers")
+    frames = [int(p) for p in parts]
     if not frames or any(n < 1 for n in frames):
         raise DICOMwebError(f"frame numbers start at 1: {text!r}")
     for n in frames:

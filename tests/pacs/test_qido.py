@@ -224,3 +224,8 @@ def test_repeated_parameter_and_bad_path_uid_are_400(loaded_pacs: PACS) -> None:
 def test_an_unacceptable_accept_header_is_406(loaded_pacs: PACS) -> None:
     r = loaded_pacs.get("/studies", accept="multipart/related; type=\"application/dicom+xml\"")
     assert r.status_code == 406
+
+
+def test_impossible_dates_and_times_are_400(loaded_pacs: PACS) -> None:
+    for params in ({"StudyDate": "20221341"}, {"StudyDate": "20220230-"}, {"StudyTime": "2561"}):
+        assert loaded_pacs.get("/studies", **params).status_code == 400, params

@@ -161,6 +161,8 @@ def test_frames_native_and_encapsulated(wado_pacs: PACS, variants: dict[str, byt
     assert parts[1][1] == frames[0].astype("<u2").tobytes()
     assert wado_pacs.get(_path(multi) + "/frames/4", accept=OCTETS).status_code == 404
     assert wado_pacs.get(_path(multi) + "/frames/0", accept=OCTETS).status_code == 400
+    bad = wado_pacs.get(_path(multi) + "/frames/x", accept=OCTETS)
+    assert bad.status_code == 400 and bad.json()["status"] == 400
     rle = read_dicom(variants["rle"])
     native = parse_multipart(wado_pacs.get(_path(rle) + "/frames/1", accept=OCTETS))[0][1]
     assert native == rle.pixel_array.astype("<u2").tobytes()
@@ -227,3 +229,5 @@ def test_unknown_resources_are_404_and_bad_uids_400(wado_pacs: PACS) -> None:
         assert r.json()["status"] == 404
     r = wado_pacs.get("/studies/1.02.3")
     assert r.status_code == 400 and "PS3.5" in r.json()["message"]
+    r = wado_pacs.get("/no/such/resource")
+    assert r.status_code == 404 and r.headers["content-type"] == "application/json"

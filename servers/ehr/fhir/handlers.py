@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from s4s_jupyter.core.errors import FHIRError, FHIRNotFound
+from s4s_jupyter.core.introspection import IntrospectionResult
 from s4s_jupyter.core.scopes import Interaction
 from servers.base import FHIR_JSON, FHIRHandler
 from servers.ehr.fhir.access import (
@@ -65,7 +66,8 @@ class FHIRBaseHandler(FHIRHandler):
         refuse_token_outside_header(args)
         check_acceptable(self.request.headers.get("Accept"), [v for v in args.get("_format", []) if v])
 
-    async def authenticate(self, args: Mapping[str, list[str]], body_has_token: bool = False) -> Any:
+    async def authenticate(self, args: Mapping[str, list[str]], body_has_token: bool = False
+                           ) -> IntrospectionResult:
         token = bearer_token(self.request.headers.get("Authorization"), args, body_has_token)
         return await introspect(self.introspector, token, self.clock)
 
@@ -139,7 +141,8 @@ class SearchHandler(FHIRBaseHandler):
         token = await self.authenticate(query, body_has_token="access_token" in body)
         await self.search(resource_type, merged, token)
 
-    async def search(self, resource_type: str, args: dict[str, list[str]], token: Any) -> None:
+    async def search(self, resource_type: str, args: dict[str, list[str]], token: IntrospectionResult
+                     ) -> None:
         self.check_type(resource_type)
         query = parse_search(resource_type, args, self.fhir_base)
         if query.unknown and _prefers_strict(self.request.headers.get("Prefer")):

@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from servers.demo_data.clinical import MRN_SYSTEM
+from servers.demo_data.clinical import ACCESSION_SYSTEM, MRN_SYSTEM
 from servers.demo_data.plan import DemoPlan
 from tests.ehr.conftest import RunningEHR
 from tests.ehr.fhir.conftest import FHIRClient, validate_r4
@@ -116,6 +116,18 @@ def test_category_with_system(fhir_a: FHIRClient, patient_a: str) -> None:
     assert full["total"] == plain > 0
     radiology = fhir_a.get("DiagnosticReport", {"patient": patient_a, "category": "http://loinc.org|LP29684-5"})
     assert radiology.json()["total"] == len(radiology.json()["entry"]) > 0
+
+
+def test_radiology_reports_by_accession_and_conditions_by_icd10(fhir_a: FHIRClient, patient_a: str,
+                                                                small_plan: DemoPlan) -> None:
+    """The joins a cohort analysis makes: accession number -> report -> StudyInstanceUID."""
+    for study in small_plan.patient(patient_a).studies:
+        accession = f"{ACCESSION_SYSTEM}|{study.accession_number}"
+        bundle = fhir_a.get("DiagnosticReport", {"patient": patient_a, "identifier": accession}).json()
+        assert bundle["total"] == 1
+        report = bundle["entry"][0]["resource"]
+        assert report["imagingStudy"][0]["identifier"]["value"] == f"urn:oid:{study.study_uid}"
+        assert report["conclusion"] == study.finding
 
 
 def test_date_filters_match_the_oracle(fhir_a: FHIRClient, patient_a: str, chart: Chart) -> None:

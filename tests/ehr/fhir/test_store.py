@@ -65,6 +65,9 @@ def _ids(store: FHIRStore, args: dict[str, list[str]], patient: str | None = "p1
     ("ge2025-06-01T06:30:00Z", ["o4"]),  # 08:30+02:00 is 06:30Z
     ("gt2025-06-01T06:30:00Z", []),
     ("lt2025-06-01T06:30:01Z", ["o1", "o2", "o3", "o4"]),
+    ("ge2025-06-01T08:30:00+02:00", ["o4"]),
+    ("ge2025-06-01T08:30:00 02:00", ["o4"]),  # an unencoded '+' decoded as a space
+    ("ge2025-06-01T08:30:00-02:00", []),
 ])
 def test_date_prefixes_compare_ranges_at_the_values_precision(store: FHIRStore, date: str,
                                                               expected: list[str]) -> None:

@@ -111,7 +111,7 @@ def test_missing_invalid_and_revoked_tokens_are_401(stack: Stack) -> None:
             assert r.headers["www-authenticate"].startswith("Bearer")
     with pytest.raises(HTTPError) as err:
         client(stack, None).retrieve_study(study.study_uid)
-    assert err.value.response.status_code == 401
+    assert err.value.response is not None and err.value.response.status_code == 401
     # a token revoked at the EHR stops working at the broker (within the introspection cache TTL)
     response = stack.token_response(patient, fresh=True)
     headers = {"Authorization": f"Bearer {response['access_token']}"}
@@ -147,7 +147,7 @@ def test_wrong_patient_or_scope_is_403_and_foreign_study_is_404(stack: Stack) ->
                  lambda: dw.retrieve_study("1.2.826.0.1.3680043.8.498.999")):
         with pytest.raises(HTTPError) as err:
             call()
-        assert err.value.response.status_code == 404
+        assert err.value.response is not None and err.value.response.status_code == 404
     r = httpx.get(f"{stack.broker_fhir}/ImagingStudy/{foreign.study_uid}", headers=headers)
     assert r.status_code == 404 and r.json()["issue"][0]["code"] == "not-found"
 

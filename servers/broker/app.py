@@ -22,7 +22,7 @@ from servers.broker.audit import AuditTrail
 from servers.broker.authorizer import Authorizer, RemoteIntrospectionAuthorizer
 from servers.broker.context import BrokerContext
 from servers.broker.dicomweb_handlers import DICOMwebProxyHandler
-from servers.broker.dicomweb_upstream import DICOMwebUpstream
+from servers.broker.dicomweb_upstream import DICOMwebUpstream, no_cookies
 from servers.broker.ehr_client import EHRClient
 from servers.broker.fhir_handlers import (
     EndpointReadHandler,
@@ -52,7 +52,8 @@ def build_context(settings: BrokerSettings, base_url: str, *, authorizer: Author
     base = base_url.rstrip("/")
     cleanups: list[Any] = []
     if http is None:
-        http = httpx.AsyncClient(timeout=httpx.Timeout(settings.upstream_timeout), trust_env=False)
+        http = httpx.AsyncClient(timeout=httpx.Timeout(settings.upstream_timeout), trust_env=False,
+                                 cookies=no_cookies())
         cleanups.append(http.aclose)
     ehr = EHRClient(settings.ehr_fhir, settings.client_id, settings.client_secret, http) \
         if settings.ehr_fhir else None

@@ -17,6 +17,7 @@ import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 
 import httpx
@@ -30,6 +31,12 @@ HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy
 #: end-to-end answer headers handed to the client (anything else, e.g. Set-Cookie or Server, is not)
 PASSED_HEADERS = frozenset({"content-type", "content-length", "content-location", "content-language",
                             "content-disposition", "etag", "last-modified", "warning", "cache-control"})
+
+
+def no_cookies() -> CookieJar:
+    """A cookie jar that keeps nothing: a PACS's Set-Cookie must not ride along on the next user's
+    request through the shared client."""
+    return CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
 
 
 def _connection_listed(headers: httpx.Headers) -> set[str]:
@@ -81,7 +88,7 @@ class DICOMwebUpstream:
         self.max_json_bytes = max_json_bytes
         self._own_http = http is None
         self.http = http or httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout), trust_env=False, follow_redirects=False,
+            timeout=httpx.Timeout(timeout), trust_env=False, follow_redirects=False, cookies=no_cookies(),
             limits=httpx.Limits(max_connections=200, max_keepalive_connections=50))
         self._auth = authorization
 

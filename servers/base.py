@@ -20,6 +20,7 @@ import tornado.web
 from s4s_jupyter.core.errors import (
     DICOMwebError,
     FHIRError,
+    FHIRForbidden,
     InvalidToken,
     OAuthError,
     S4SError,
@@ -73,6 +74,8 @@ class FHIRHandler(BaseHandler):
             err = FHIRError(exc.message, status=exc.status, code="security")
         elif isinstance(exc, FHIRError):
             err = exc
+            if isinstance(exc, FHIRForbidden):  # RFC 6750 3.1
+                self.set_header("WWW-Authenticate", 'Bearer realm="s4s", error="insufficient_scope"')
         elif isinstance(exc, UpstreamError):
             if exc.retry_after:
                 self.set_header("Retry-After", exc.retry_after)

@@ -9,6 +9,7 @@ exactly one place (its base handler's ``write_error``) and the kit raises the sa
     │   └── FHIRForbidden        403 forbidden
     ├── OAuthError           -> RFC 6749 5.2 error JSON; .error ("invalid_grant", ...), .status
     │   └── InvalidToken         401 + WWW-Authenticate: Bearer error="invalid_token" (RFC 6750 3.1)
+    │       └── MissingToken         401 + WWW-Authenticate: Bearer, no error code: no credentials sent
     ├── DICOMwebError        -> status code + JSON status report (PS3.18 8.6); .status
     │   ├── InvalidUID           400, a UID breaking PS3.5 9.1
     │   └── UpstreamError        502/503/504 from an upstream server; .retry_after
@@ -98,6 +99,13 @@ class InvalidToken(OAuthError):
 
     def www_authenticate(self, realm: str = "s4s") -> str:
         return f'Bearer realm="{realm}", error="{self.error}", error_description="{self.message}"'
+
+
+class MissingToken(InvalidToken):
+    """A request without any credentials: RFC 6750 3.1 says the challenge then carries no error code."""
+
+    def www_authenticate(self, realm: str = "s4s") -> str:
+        return f'Bearer realm="{realm}"'
 
 
 class DICOMwebError(S4SError):

@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from s4s_jupyter.core.errors import FHIRError, FHIRForbidden, InvalidToken, OAuthError
+from s4s_jupyter.core.errors import FHIRError, FHIRForbidden, InvalidToken, MissingToken, OAuthError
 from s4s_jupyter.core.introspection import IntrospectionResult
 from s4s_jupyter.core.scopes import Interaction, ScopeContext, ScopeSet
 from servers.ehr.fhir.query import Criterion, SearchQuery, parse_search
@@ -57,7 +57,7 @@ def bearer_token(authorization: str | None, query: Mapping[str, object], body_ha
     """The bearer token of a request (RFC 6750 2.1); refuses tokens sent any other way."""
     refuse_token_outside_header(query, body_has_token)
     if not authorization:
-        raise InvalidToken("missing bearer token")
+        raise MissingToken("missing bearer token")
     scheme, _, token = authorization.strip().partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token or " " in token:

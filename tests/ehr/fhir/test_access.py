@@ -54,6 +54,21 @@ def test_missing_malformed_and_unknown_tokens_are_401(ehr: RunningEHR, patient_a
         assert r.headers["www-authenticate"].startswith("Bearer")
 
 
+def test_a_request_without_credentials_gets_a_challenge_without_error_code(ehr: RunningEHR,
+                                                                           patient_a: str) -> None:
+    # RFC 6750 3.1: no error code when the request carried no authentication at all
+    r = httpx.get(f"{ehr.fhir_base}/Observation", params={"patient": patient_a})
+    _outcome(r, 401)
+    challenge = r.headers["www-authenticate"]
+    assert challenge.startswith("Bearer") and "error=" not in challenge
+
+
+def test_a_forbidden_search_names_insufficient_scope(ehr: RunningEHR, fhir_a: FHIRClient) -> None:
+    r = fhir_a.get("Observation", {})
+    _outcome(r, 403)
+    assert 'error="insufficient_scope"' in r.headers["www-authenticate"]
+
+
 def test_expired_and_revoked_tokens_are_401(ehr: RunningEHR, patient_a: str) -> None:
     expired = mint(ehr, "patient/*.rs", patient_a, lifetime=-1)
     r = FHIRClient(ehr.fhir_base, expired.token).get(f"Patient/{patient_a}")

@@ -66,7 +66,34 @@ MANIFEST_FILE = ".s4s-manifest.jsonl"
 MANIFEST_COLUMNS = ["patient", "fhir_study", "study_uid", "series_uid", "sop_uid", "instance_number",
                     "patient_id", "path", "size", "sha256", "status", "error"]
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-_HEADER_TAGS = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "PatientID", "InstanceNumber"]
+#: how much of each part is kept in memory to read its UIDs without opening the file again
+_HEAD_BYTES = 64 * 1024
+#: the last tag the kit reads from a file's header: Instance Number (0020,0013); the UIDs come before
+_LAST_HEADER_TAG = 0x00200013
+#: SOP Instance UID, Patient ID, Study/Series Instance UID, Instance Number: all that is parsed
+_HEADER_TAGS: list[int] = [0x00080018, 0x00100020, 0x0020000D, 0x0020000E, 0x00200013]
+
+
+def _read_uids(head: bytes, path: Path) -> Dataset:
+    """The header of a Part 10 file up to Instance Number: from its first bytes, else from the file.
+
+    Parsing stops at the last attribute needed (``read_partial`` with ``stop_when``), a fraction of what
+    ``dcmread(stop_before_pixels=True)`` reads. Raises ``InvalidDicomError`` for anything but Part 10.
+    """
+    from pydicom.filereader import read_partial
+
+    def stop(tag: Any, vr: Any, length: int) -> bool:
+        return int(tag) > _LAST_HEADER_TAG
+
+    try:
+        ds = read_partial(io.BytesIO(head), stop_when=stop, specific_tags=_HEADER_TAGS)
+        if "SOPInstanceUID" in ds and "SeriesInstanceUID" in ds:
+            return ds
+    except (EOFError, OSError, ValueError):
+        if len(head) < _HEAD_BYTES:
+            raise
+    with path.open("rb") as f:  # a header longer than the head
+        return read_partial(f, stop_when=stop, specific_tags=_HEADER_TAGS)
 
 
 def safe_name(text: str) -> str:
@@ -145,6 +172,7 @@ class _Run:
         self.lock = threading.Lock()
         self.records: dict[str, dict[str, Any]] = {}  # SOP UID -> manifest row
         self.datasets: dict[str, Dataset] = {}
+        self.folders: set[Path] = set()
         self.sidecar: BinaryIO | None = None
         if directory is not None:
             directory.mkdir(parents=True, exist_ok=True)
@@ -186,6 +214,7 @@ class _PartWriter:
         self.run, self.unit = run, unit
         self.size = 0
         self.hash = hashlib.sha256() if run.directory is not None else None
+        self.head = bytearray()  # the first bytes of a file: enough for its UIDs
         if run.directory is not None:
             fd, name = tempfile.mkstemp(suffix=".part", dir=run.directory / ".s4s-tmp")
             self.tmp: Path | None = Path(name)
@@ -198,6 +227,8 @@ class _PartWriter:
         self.out.write(data)
         if self.hash is not None:
             self.hash.update(data)
+            if len(self.head) < _HEAD_BYTES:
+                self.head += data[: _HEAD_BYTES - len(self.head)]
         self.size += len(data)
 
     def abort(self) -> None:
@@ -214,7 +245,7 @@ class _PartWriter:
         try:
             if self.tmp is not None:
                 self.out.close()
-                ds = dcmread(self.tmp, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+                ds = _read_uids(bytes(self.head), self.tmp)
             else:
                 assert isinstance(self.out, io.BytesIO)
                 self.out.seek(0)
@@ -244,7 +275,9 @@ class _PartWriter:
         if self.tmp is not None and self.run.directory is not None and self.hash is not None:
             folder = (self.run.directory / safe_name(patient_id or target.patient or "unknown")
                       / target.study_uid / target.series_uid)
-            folder.mkdir(parents=True, exist_ok=True)
+            if folder not in self.run.folders:
+                folder.mkdir(parents=True, exist_ok=True)
+                self.run.folders.add(folder)
             path = folder / f"{sop}.dcm"
             os.replace(self.tmp, path)
             row.update(path=str(path), sha256=self.hash.hexdigest(), status="downloaded")

@@ -17,7 +17,7 @@ import hmac
 import json
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -184,7 +184,7 @@ class ClientRegistry:
     def get(self, client_id: str | None) -> Client | None:
         return self._clients.get(client_id) if isinstance(client_id, str) else None
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Client]:
         return iter(self._clients.values())
 
     def __len__(self) -> int:

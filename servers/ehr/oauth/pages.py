@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 import tornado.web
 from authlib.oauth2.rfc6749.errors import OAuth2Error
+from tornado.ioloop import IOLoop
 
 from s4s_jupyter.core.errors import OAuthError
 from servers.base import BaseHandler
@@ -221,11 +222,14 @@ class LoginHandler(AuthPageHandler):
         self.render("login.html", client_name=self.client_name(pending), error=error, username=username,
                     action="/auth/login")
 
-    def post(self) -> None:
+    async def post(self) -> None:
         rid, pending = self.pending()
         username = self.get_body_argument("username", "").strip()
         password = self.get_body_argument("password", "")
-        user = self.store.authenticate_user(username, password) if username and password else None
+        user = None
+        if username and password:  # scrypt takes tens of milliseconds: keep it off the event loop
+            check = self.store.authenticate_user
+            user = await IOLoop.current().run_in_executor(None, check, username, password)
         if user is None:
             log.info("failed sign-in at the EHR")
             self.set_status(401)

@@ -143,14 +143,16 @@ def main() -> None:
             results.setdefault("curl (1 request)", []).append(run_curl([study_url], fresh("curl1"), 1))
             results.setdefault(f"curl (--parallel {args.connections})", []).append(
                 run_curl(series_urls, fresh("curlp"), args.connections))
-        one_series = run_python(KIT, url, study.study_uid, str(fresh("kit1")), str(args.connections), "series")
+        one_series = run_python(KIT, url, study.study_uid, str(fresh("kit1")), str(args.connections),
+                                "series")
     finally:
         loop.stop()
         shutil.rmtree(work, ignore_errors=True)
 
     med = {name: median(runs) for name, runs in results.items()}
     kit = med["kit"]
-    print(f"\n{'client':28} {'median s':>9} {'MB/s':>8} {'files':>6} {'peak RSS MB':>12} {'kit speed-up':>13}")
+    print(f"\n{'client':28} {'median s':>9} {'MB/s':>8} {'files':>6} {'peak RSS MB':>12} "
+          f"{'kit speed-up':>13}")
     for name, m in med.items():
         mbps = m["bytes"] / m["seconds"] / 1e6
         print(f"{name:28} {m['seconds']:9.2f} {mbps:8.1f} {int(m['files']):6d} {m['peak_rss'] / 1e6:12.1f} "

@@ -139,3 +139,21 @@ def test_login_on_an_auto_approving_ehr_through_the_loopback_listener(server_loo
 
     with s4s.connect(urls["ehr_fhir"], browser=headless, token_store=False) as ehr:
         assert ehr.patient is not None and len(ehr.demographics()) == 1
+
+
+def test_qido_through_the_broker_with_the_sessions_token(ehr: s4s.Session, kit_plan: DemoPlan) -> None:
+    pacs = ehr.dicomweb()  # the Endpoint of the patient's studies, token attached (dicomweb-client)
+    assert pacs.endpoint.requires_access_token
+    study = kit_plan.patient("pat-001").studies[0]
+    series = pacs.series(study.study_uid)
+    assert list(series["series_uid"]) == [s.series_uid for s in study.series]
+
+
+def test_progress_bars_count_instances_and_bytes(ehr: s4s.Session, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    studies = ehr.imaging_studies()
+    manifest = ehr.download(studies.iloc[:1], tmp_path, progress=True)
+    err = capsys.readouterr().err
+    n = len(manifest)
+    assert f"{n}/{n}" in err and "inst" in err  # the instances bar reached its total
+    assert "received" in err and "B" in err  # the bytes bar

@@ -39,6 +39,9 @@ log = logging.getLogger("s4s.ehr.oauth")
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
+#: failed sign-ins allowed per authorization request before it is dropped (online guessing)
+MAX_LOGIN_ATTEMPTS = 5
+
 PAGE_HEADERS = {
     "X-Frame-Options": "DENY",
     "Content-Security-Policy": ("default-src 'none'; style-src 'self'; img-src 'self'; "
@@ -232,6 +235,9 @@ class LoginHandler(AuthPageHandler):
             user = await IOLoop.current().run_in_executor(None, check, username, password)
         if user is None:
             log.info("failed sign-in at the EHR")
+            if self.store.count_failed_login(rid) >= MAX_LOGIN_ATTEMPTS:
+                self.store.drop_pending(rid)
+                raise PageError("Too many failed sign-ins. Go back to the app and start again.", status=429)
             self.set_status(401)
             self.show(pending, "Unknown username or wrong password.", username)
             return

@@ -191,6 +191,7 @@ class OAuthStore:
         self.path = str(path)
         self.clock = clock
         self._lock = threading.RLock()
+        self._failures: dict[str, int] = {}
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -279,6 +280,20 @@ class OAuthStore:
             if patient is not None:
                 db.execute("UPDATE pending_requests SET patient = ? WHERE id_hash = ?",
                            (patient, token_hash(request_id)))
+
+    def count_failed_login(self, request_id: str) -> int:
+        """Count one failed sign-in for a pending request; returns the failures so far (kept in memory:
+        a pending request lives minutes)."""
+        key = token_hash(request_id)
+        with self._lock:
+            self._failures[key] = self._failures.get(key, 0) + 1
+            return self._failures[key]
+
+    def drop_pending(self, request_id: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM pending_requests WHERE id_hash = ?", (token_hash(request_id),))
+        with self._lock:
+            self._failures.pop(token_hash(request_id), None)
 
     def take_pending(self, request_id: str) -> PendingRequest | None:
         """Remove and return a pending request (a decision is made once)."""

@@ -87,6 +87,20 @@ def test_wrong_password_does_not_advance(ehr: RunningEHR) -> None:
         assert person.http.get("/auth/consent", follow_redirects=True).request.url.path == "/auth/login"
 
 
+def test_repeated_failed_sign_ins_end_the_request(ehr: RunningEHR) -> None:
+    user = user_with_one_patient(ehr)
+    person, _, _ = start(ehr)
+    with person:
+        for _ in range(4):
+            assert person.login(user.username, "guess").status_code == 401
+        r = person.login(user.username, "guess")
+        assert r.status_code == 429 and "Too many" in r.text
+        assert person.http.get("/auth/login").status_code == 400  # the request is gone
+        assert person.http.post("/auth/login", data={"_xsrf": person.http.cookies["_xsrf"],
+                                                    "username": user.username,
+                                                    "password": user.password}).status_code == 400
+
+
 def test_picker_refuses_a_patient_the_user_may_not_act_for(ehr: RunningEHR) -> None:
     caregiver = next(u for u in ehr.plan.users if len(u.patient_ids) > 1)
     other = next(p.id for p in ehr.plan.patients if p.id not in caregiver.patient_ids)

@@ -136,28 +136,51 @@ def test_fhirclient_discovers_launches_reads_refreshes_and_is_refused_after_revo
     CapabilityStatement, builds the authorize URL with PKCE S256, exchanges the code, reads the patient,
     refreshes, and is refused once the grant is revoked."""
     from fhirclient import client as fhirclient
+    from fhirclient.models.allergyintolerance import AllergyIntolerance
+    from fhirclient.models.condition import Condition
+    from fhirclient.models.diagnosticreport import DiagnosticReport
+    from fhirclient.models.documentreference import DocumentReference
+    from fhirclient.models.immunization import Immunization
+    from fhirclient.models.medicationrequest import MedicationRequest
+    from fhirclient.models.observation import Observation
     from fhirclient.models.patient import Patient
-    from fhirclient.server import FHIRUnauthorizedException
+    from fhirclient.models.procedure import Procedure
+    from fhirclient.server import FHIRPermissionDeniedException, FHIRUnauthorizedException
 
-    user = next(u for u in ehr.plan.users if len(u.patient_ids) == 1)
+    caregiver = next(u for u in ehr.plan.users if len(u.patient_ids) > 1)
+    pid = caregiver.patient_ids[1]
     smart = fhirclient.FHIRClient(settings={"app_id": "s4s-jupyter", "api_base": ehr.fhir_base + "/",
                                             "redirect_uri": REDIRECT, "scope": SCOPE})
     authorize_url = smart.authorize_url  # reads /fhir/metadata
     assert authorize_url.startswith(ehr.endpoints.authorize + "?")
     assert "code_challenge_method=S256" in authorize_url
     with PageUser(ehr.url) as person:
-        location = person.authorize(authorize_url, None, user.username, user.password)
+        location = person.authorize(authorize_url, None, caregiver.username, caregiver.password, patient=pid)
     smart.handle_callback(location)
-    assert smart.ready and smart.patient_id == user.patient_ids[0]
-    patient = Patient.read(user.patient_ids[0], smart.server)
-    assert patient.id == user.patient_ids[0]
+    assert smart.ready and smart.patient_id == pid
+    assert Patient.read(pid, smart.server).id == pid
+    # the Sync for Science searches, through fhirclient's R4 models
+    searches = [(AllergyIntolerance, {}), (Condition, {}), (MedicationRequest, {}), (Procedure, {}),
+                (Immunization, {}), (DocumentReference, {}), (DiagnosticReport, {}),
+                (Observation, {"category": "laboratory"}), (Observation, {"category": "vital-signs"}),
+                (Observation, {"code": "http://loinc.org|72166-2"})]
+    found = 0
+    for model, extra in searches:
+        for resource in model.where({"patient": pid, **extra}).perform_resources_iter(smart.server):
+            subject = getattr(resource, "subject", None) or getattr(resource, "patient", None)
+            assert subject.reference.endswith(f"Patient/{pid}")
+            found += 1
+    assert found > 0
+    other = next(p.id for p in ehr.plan.patients if p.id != pid)
+    with pytest.raises(FHIRPermissionDeniedException):
+        list(Condition.where({"patient": other}).perform_resources_iter(smart.server))
 
     first = smart.server.auth.access_token
     smart.reauthorize()
     renewed = smart.server.auth.access_token
     assert renewed != first
     assert introspect(ehr, first)["active"] is True  # rotation leaves the old access token to expire
-    assert Patient.read(user.patient_ids[0], smart.server).id == user.patient_ids[0]
+    assert Patient.read(pid, smart.server).id == pid
 
     r = httpx.post(ehr.endpoints.revoke, data={"token": smart.server.auth.refresh_token,
                                                "client_id": "s4s-jupyter"})
@@ -165,4 +188,4 @@ def test_fhirclient_discovers_launches_reads_refreshes_and_is_refused_after_revo
     for token in (first, renewed):
         assert introspect(ehr, token) == {"active": False}
     with pytest.raises(FHIRUnauthorizedException):
-        Patient.read(user.patient_ids[0], smart.server)
+        Patient.read(pid, smart.server)

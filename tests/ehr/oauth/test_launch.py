@@ -168,7 +168,7 @@ def test_fhirclient_discovers_launches_reads_refreshes_and_is_refused_after_revo
     for model, extra in searches:
         for resource in model.where({"patient": pid, **extra}).perform_resources_iter(smart.server):
             subject = getattr(resource, "subject", None) or getattr(resource, "patient", None)
-            assert subject.reference.endswith(f"Patient/{pid}")
+            assert subject is not None and subject.reference.endswith(f"Patient/{pid}")
             found += 1
     assert found > 0
     other = next(p.id for p in ehr.plan.patients if p.id != pid)

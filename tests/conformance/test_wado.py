@@ -10,10 +10,13 @@ retrieval goes through dicomweb-client, on both sides.
 from __future__ import annotations
 
 import base64
+import io
 from typing import Any
 
+import httpx
 import pytest
 from dicomweb_client.api import DICOMwebClient
+from PIL import Image
 from pydicom.dataset import Dataset
 
 from tests.conformance.compare import (
@@ -144,3 +147,36 @@ def test_frames_are_the_stored_frame_bytes(loaded: Pair, instances: list[Instanc
                 inst.study.study_uid, inst.series.series_uid, inst.sop_instance_uid, [1],
                 media_types=OCTET_STREAM_ANY)
             assert frames == [pixels], f"{name} {inst.sop_instance_uid}"
+
+
+@pytest.mark.parametrize("transfer_syntax", ["*", "1.2.840.10008.1.2.1"])
+def test_retrieve_in_the_stored_transfer_syntax(loaded: Pair, instances: list[Instance],
+                                                transfer_syntax: str) -> None:
+    """``transfer-syntax=*`` (as stored) and Explicit VR Little Endian (how the files are stored) give the
+    stored object unchanged (PS3.18 8.7.3.5.2)."""
+    inst = instances[-1]
+    for name, base in (("reference", loaded.reference), ("ours", loaded.ours)):
+        ds = DICOMwebClient(base).retrieve_instance(
+            inst.study.study_uid, inst.series.series_uid, inst.sop_instance_uid,
+            media_types=(("application/dicom", transfer_syntax),))
+        assert ds.file_meta.TransferSyntaxUID == inst.dataset().file_meta.TransferSyntaxUID, name
+        assert not same_as_stored(ds, inst, name), str(same_as_stored(ds, inst, name))
+
+
+@pytest.mark.parametrize("media_type", ["image/png", "image/jpeg"])
+def test_rendered_instance_is_an_image_of_the_stored_size(loaded: Pair, instances: list[Instance],
+                                                          media_type: str) -> None:
+    """Rendered resources (PS3.18 10.4.1.1.3, 8.3.5.1): a consumer image of Columns x Rows pixels that is
+    not blank, in the media type asked for."""
+    inst = max(instances, key=lambda i: len(i.data))
+    stored = inst.dataset()
+    for name, base in (("reference", loaded.reference), ("ours", loaded.ours)):
+        url = (f"{base}/studies/{inst.study.study_uid}/series/{inst.series.series_uid}"
+               f"/instances/{inst.sop_instance_uid}/rendered")
+        r = httpx.get(url, headers={"Accept": media_type}, timeout=30)
+        assert r.status_code == 200, (name, r.status_code, r.text[:200])
+        assert r.headers["content-type"].split(";")[0] == media_type, name
+        with Image.open(io.BytesIO(r.content)) as image:
+            assert image.size == (stored.Columns, stored.Rows), name
+            extrema = image.convert("L").getextrema()
+            assert extrema[0] != extrema[1], f"{name}: a blank image"

@@ -16,7 +16,7 @@ from servers.base import OAuthHandler
 
 from .pages import AuthContext, AuthorizeHandler, ConsentHandler, LoginHandler, PatientPickerHandler
 from .server import ClientAuthenticationError, OAuthResponse
-from .smart_config import smart_configuration
+from .smart_config import openid_configuration, smart_configuration
 
 #: parameters that must never travel in a URL (RFC 6749 3.2, RFC 9700 4.3)
 SECRET_PARAMETERS = ("code", "code_verifier", "refresh_token", "client_secret", "token", "password")
@@ -86,6 +86,11 @@ class SmartConfigurationHandler(PublicJSONHandler):
         self.write_json(smart_configuration(self.server.endpoints, self.server.settings.associated_endpoints))
 
 
+class OpenIDConfigurationHandler(PublicJSONHandler):
+    def get(self) -> None:
+        self.write_json(openid_configuration(self.server.endpoints))
+
+
 def auth_routes(ctx: AuthContext) -> list[tornado.web.URLSpec]:
     """URL rules of the authorization server (see :mod:`servers.ehr.oauth.endpoints`)."""
     static = str(Path(__file__).resolve().parent / "static")
@@ -93,6 +98,7 @@ def auth_routes(ctx: AuthContext) -> list[tornado.web.URLSpec]:
     return [
         tornado.web.url(r"/fhir/\.well-known/smart-configuration", SmartConfigurationHandler, kw),
         tornado.web.url(r"/\.well-known/smart-configuration", SmartConfigurationHandler, kw),
+        tornado.web.url(r"/fhir/\.well-known/openid-configuration", OpenIDConfigurationHandler, kw),
         tornado.web.url(r"/auth/authorize", AuthorizeHandler, kw),
         tornado.web.url(r"/auth/login", LoginHandler, kw),
         tornado.web.url(r"/auth/patient", PatientPickerHandler, kw),

@@ -50,3 +50,22 @@ def smart_configuration(endpoints: OAuthEndpoints,
     }
     doc["associated_endpoints"] = [a.to_json() for a in associated]
     return doc
+
+
+def openid_configuration(endpoints: OAuthEndpoints) -> dict[str, Any]:
+    """OpenID Connect Discovery 1.0 metadata at ``{issuer}/.well-known/openid-configuration``; SMART's
+    ``sso-openid-connect`` needs it so an app can verify an id_token's ``iss`` and keys."""
+    return {
+        "issuer": endpoints.issuer,
+        "authorization_endpoint": endpoints.authorize,
+        "token_endpoint": endpoints.token,
+        "jwks_uri": endpoints.jwks,
+        "response_types_supported": ["code"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["RS256"],
+        "scopes_supported": ["openid", "fhirUser", "profile"],
+        "claims_supported": ["iss", "sub", "aud", "exp", "iat", "nonce", "fhirUser", "name"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "none"],
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+        "code_challenge_methods_supported": ["S256"],
+    }

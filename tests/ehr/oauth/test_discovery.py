@@ -46,6 +46,13 @@ def test_associated_endpoints_name_the_imaging_broker(start_ehr: Callable[..., R
     assert doc["associated_endpoints"] == [{"url": broker, "capabilities": ["smart-imaging-access"]}]
 
 
+def test_openid_configuration_sits_at_the_issuer(ehr: RunningEHR) -> None:
+    issuer = httpx.get(ehr.endpoints.smart_configuration).json()["issuer"]
+    doc = httpx.get(issuer + "/.well-known/openid-configuration").json()
+    assert doc["issuer"] == issuer and doc["jwks_uri"] == ehr.endpoints.jwks
+    assert doc["id_token_signing_alg_values_supported"] == ["RS256"]
+
+
 def test_jwks_publishes_only_the_public_signing_key(ehr: RunningEHR) -> None:
     r = httpx.get(ehr.endpoints.jwks)
     assert r.status_code == 200

@@ -61,7 +61,11 @@ class Session:
         self.timeout = timeout
         self.connections_per_host = connections_per_host
         self._oauth_http = httpx.Client(timeout=timeout)
-        self.config: discovery.SmartConfiguration = discovery.discover(self._oauth_http, self.fhir_base)
+        try:
+            self.config: discovery.SmartConfiguration = discovery.discover(self._oauth_http, self.fhir_base)
+        except BaseException:
+            self._oauth_http.close()
+            raise
         self.imaging_base = (imaging_base or self.config.imaging_endpoint or self.fhir_base).rstrip("/")
         key = store_key(self.fhir_base, client_id)
         stored = token_store.get(key) if token_store else None

@@ -187,7 +187,15 @@ def series_targets(what: Any, *, endpoint: DICOMwebEndpoint | None, qido: Qido,
 
 
 def _present(value: Any) -> bool:
-    return value is not None and value == value and str(value) != ""  # NaN != NaN
+    """False for None, NaN, pandas' NA and "" (what empty DataFrame cells hold)."""
+    if value is None:
+        return False
+    try:
+        if value != value:  # NaN
+            return False
+    except TypeError:  # pd.NA refuses to be a bool
+        return False
+    return str(value) != ""
 
 
 def _str(value: Any) -> str | None:

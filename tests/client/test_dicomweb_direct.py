@@ -10,6 +10,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from pydicom import dcmread
 
@@ -122,6 +123,11 @@ def test_series_and_single_instance_rows(server: str, kit_plan: DemoPlan, tmp_pa
         manifest = pacs.download([{"study_uid": study.study_uid, "series_uid": one.series_uid}], tmp_path,
                                  progress=False)
         assert list(manifest["sop_uid"]) == list(one.instance_uids)
+        # empty cells (None, NaN, pandas NA) mean "the whole series"
+        frame = pd.DataFrame({"study_uid": [study.study_uid] * 2,
+                              "series_uid": [s.series_uid for s in study.series],
+                              "sop_uid": pd.array([pd.NA, pd.NA], dtype="string")})
+        assert len(pacs.retrieve(frame, progress=False)) == study.number_of_instances
 
 
 def test_unknown_study_fails_clearly(server: str, tmp_path: Path) -> None:

@@ -45,6 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default="broker-data", help="folder of the audit trail (audit.jsonl)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    p.add_argument("--urls-file", help="write this role's URLs (JSON) to this file once it listens")
 
 
 def describe(url: str) -> dict[str, Any]:

@@ -16,9 +16,12 @@ transfer, never a complete-looking one.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import re
 from dataclasses import dataclass
+from typing import cast
 from urllib.parse import unquote
 
 from tornado.iostream import StreamClosedError
@@ -159,20 +162,27 @@ class DICOMwebProxyHandler(GuardedMixin, DICOMwebHandler):
                 else:
                     self.set_header(name, value)
             try:
+                await self.flush()  # the status line and headers go out as soon as the PACS sent its own
+                connection = self.request.connection
+                assert connection is not None
                 async for chunk in answer.iter_bytes():
-                    self.write(chunk)
-                    await self.flush()
+                    # straight to the connection (no copy into the handler's buffer); waiting for the
+                    # write before the next read is the back-pressure that keeps memory flat
+                    await connection.write(cast(bytes, chunk))
             except UpstreamBroken as exc:
-                self._break(str(exc))
+                await self._break(str(exc))
                 return
             except StreamClosedError:
                 self.finish_audit(499, "client went away")
                 self._auto_finish = False
                 return
 
-    def _break(self, why: str) -> None:
-        """End the answer as a broken transfer: close the connection without the final delimiter."""
+    async def _break(self, why: str) -> None:
+        """End the answer as a broken transfer: what arrived goes out, then the connection closes
+        without the final chunk / multipart close delimiter, so no client takes it for complete."""
         log.warning("%s: %s; closing the client connection mid-answer", self.request.path, why)
         self.finish_audit(502, "upstream broke off mid-answer")
         self._auto_finish = False
+        with contextlib.suppress(StreamClosedError, TimeoutError):
+            await asyncio.wait_for(self.flush(), 10)
         self.request.connection.close()  # type: ignore[union-attr]

@@ -1,10 +1,13 @@
 """The DICOMweb implementation of the broker's :class:`~servers.broker.upstream.Upstream`.
 
-Built on httpx's ``AsyncClient`` streaming rather than Tornado's ``AsyncHTTPClient``: Tornado's
-``streaming_callback`` is a plain callback, so it cannot wait for the client side to drain and a slow
-client makes the broker buffer the study; with ``async for chunk in response.aiter_raw()`` the broker
-reads the next chunk from the PACS only after the previous one went out (``await handler.flush()``),
-so memory stays flat whatever the study size, and timeouts are per phase (connect, read, pool).
+Two HTTP clients, each where it is better:
+
+- QIDO-RS and metadata (small JSON answers, read whole to filter and rewrite): httpx's ``AsyncClient``,
+  for its connection pool, per-phase timeouts and simple API;
+- WADO-RS retrieves (gigabytes, streamed): a small HTTP/1.1 reader on a Tornado ``IOStream``
+  (:mod:`servers.broker.http1_stream`), measured twice as fast as httpx's ``aiter_raw`` here, with
+  back-pressure (the next chunk is read from the PACS only after the client took the previous one)
+  and an idle timeout per chunk.
 
 The user's token never goes upstream: requests carry only ``Accept``, ``Accept-Encoding: identity``
 (so bodies pass through byte for byte and JSON can be rewritten) and the broker's own optional
@@ -19,11 +22,14 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
+from tornado.httputil import HTTPHeaders
 
 from s4s_jupyter.core.errors import DICOMwebError, UpstreamError
-from servers.broker.upstream import DicomJSON, QueryLevel, UpstreamBroken
+from servers.broker.http1_stream import StreamedResponse, open_get
+from servers.broker.upstream import DicomJSON, QueryLevel
 
 #: RFC 9110 7.6.1 hop-by-hop fields (plus the ones a proxy must not pass on), never forwarded.
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
@@ -39,21 +45,17 @@ def no_cookies() -> CookieJar:
     return CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
 
 
-def _connection_listed(headers: httpx.Headers) -> set[str]:
-    return {t.strip().lower() for v in headers.get_list("connection") for t in v.split(",") if t.strip()}
-
-
-def end_to_end_headers(headers: httpx.Headers) -> dict[str, str]:
+def end_to_end_headers(headers: HTTPHeaders) -> dict[str, str]:
     """The answer headers the broker passes on: the allow-list, minus hop-by-hop and Connection-named."""
-    drop = HOP_BY_HOP | _connection_listed(headers)
-    return {k.lower(): v for k, v in headers.items() if k.lower() in PASSED_HEADERS and k.lower() not in drop}
+    named = {t.strip().lower() for v in headers.get_list("Connection") for t in v.split(",") if t.strip()}
+    drop = HOP_BY_HOP | named
+    return {k.lower(): v for k, v in headers.get_all()
+            if k.lower() in PASSED_HEADERS and k.lower() not in drop}
 
 
-def _error_for_status(r: httpx.Response, what: str) -> UpstreamError | DICOMwebError:
-    status = r.status_code
+def _error_for_status(status: int, retry_after: str | None, what: str) -> UpstreamError | DICOMwebError:
     if status == 503:
-        return UpstreamError(f"the PACS is unavailable ({what})", status=503,
-                             retry_after=r.headers.get("retry-after"))
+        return UpstreamError(f"the PACS is unavailable ({what})", status=503, retry_after=retry_after)
     if status == 504:
         return UpstreamError(f"the PACS timed out ({what})", status=504)
     if status >= 500 or status in (401, 403, 407):
@@ -66,17 +68,12 @@ def _error_for_status(r: httpx.Response, what: str) -> UpstreamError | DICOMwebE
 
 @dataclass
 class _Stream:
-    response: httpx.Response
+    response: StreamedResponse
     status: int
     headers: Mapping[str, str] = field(default_factory=dict)
 
-    async def iter_bytes(self) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in self.response.aiter_raw():
-                if chunk:
-                    yield chunk
-        except httpx.HTTPError as exc:
-            raise UpstreamBroken(f"the PACS answer broke off ({type(exc).__name__})") from None
+    def iter_bytes(self) -> AsyncIterator[memoryview]:
+        return self.response.iter_bytes()
 
 
 class DICOMwebUpstream:
@@ -91,6 +88,7 @@ class DICOMwebUpstream:
             timeout=httpx.Timeout(timeout), trust_env=False, follow_redirects=False, cookies=no_cookies(),
             limits=httpx.Limits(max_connections=200, max_keepalive_connections=50))
         self._auth = authorization
+        self.timeout = timeout
 
     def _headers(self, accept: str | None) -> dict[str, str]:
         headers = {"Accept-Encoding": "identity"}
@@ -120,17 +118,22 @@ class DICOMwebUpstream:
     @asynccontextmanager
     async def retrieve(self, path: str, params: Sequence[tuple[str, str]],
                        accept: str | None) -> AsyncIterator[_Stream]:
-        async with self._open(path, params, accept) as response:
-            if response.status_code >= 300:
-                raise _error_for_status(response, "retrieve")
-            yield _Stream(response, response.status_code, end_to_end_headers(response.headers))
+        """The streamed retrieve, on :mod:`servers.broker.http1_stream` (see there why not httpx)."""
+        url = f"{self.base_url}/{path}" + (f"?{urlencode(list(params))}" if params else "")
+        response = await open_get(url, self._headers(accept), timeout=self.timeout)
+        try:
+            if response.status >= 300:
+                raise _error_for_status(response.status, response.headers.get("Retry-After"), "retrieve")
+            yield _Stream(response, response.status, end_to_end_headers(response.headers))
+        finally:
+            response.close()
 
     async def _json(self, path: str, params: Sequence[tuple[str, str]], what: str) -> list[DicomJSON]:
         async with self._open(path, params, "application/dicom+json") as response:
             if response.status_code == 204:
                 return []
             if response.status_code != 200:
-                raise _error_for_status(response, what)
+                raise _error_for_status(response.status_code, response.headers.get("retry-after"), what)
             body = bytearray()
             try:
                 async for chunk in response.aiter_raw():

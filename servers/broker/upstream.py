@@ -33,13 +33,14 @@ class UpstreamBroken(UpstreamError):
 
 
 class UpstreamStream(Protocol):
-    """An upstream answer whose body is read in chunks, never whole."""
+    """An upstream answer whose body is read in chunks, never whole. Each chunk is valid until the
+    iterator is advanced (implementations may reuse one buffer)."""
 
     status: int
     #: end-to-end headers safe to hand to the client (hop-by-hop ones already dropped)
     headers: Mapping[str, str]
 
-    def iter_bytes(self) -> AsyncIterator[bytes]: ...
+    def iter_bytes(self) -> AsyncIterator[bytes | memoryview]: ...
 
 
 class Upstream(Protocol):

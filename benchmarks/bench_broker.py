@@ -1,0 +1,203 @@
+"""Whole-study WADO-RS retrieve through the FHIR broker vs straight from the PACS, side by side.
+
+    .venv/bin/python -m benchmarks.bench_broker [--study-mb 2048] [--rounds 3] [--data-dir DIR]
+
+What runs where (every role a real server on loopback):
+
+- the PACS (``s4s-servers pacs``) and the broker (``s4s-servers broker``) each in a process of their own,
+  so the broker's memory can be watched alone and no role shares a GIL with the client;
+- the EHR and the token introspection service in this process (one introspection per retrieve);
+- the client in this process: httpx streaming the whole study and discarding it (counting bytes).
+
+One study of ``--study-mb`` megabytes (512x512 CT slices, 4 series) is generated from the demo plan
+into the PACS's store (kept in ``--data-dir`` and reused by later runs). Each round retrieves the whole
+study straight from the PACS, then through the broker with a real access token from the EHR's launch;
+the ratio of median throughputs is printed (target >= 0.90), along with the broker's resident memory
+sampled every 0.1 s while it streams (flat: it must not grow with the study).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+
+from servers.broker.app import quiet_httpx
+from servers.demo_data.plan import DemoOptions, make_plan
+from servers.ehr.app import make_app as make_ehr
+from servers.ehr.oauth.clients import BROKER_CLIENT_ID, INTROSPECTION_CLIENT_ID, demo_clients_json
+from servers.ehr.oauth.clients import Client as OAuthClient
+from servers.ehr.settings import EHRSettings
+from servers.introspection.app import make_app as make_introspection
+from servers.introspection.settings import IntrospectionSettings, Mode
+from servers.pacs.seed import seed
+from servers.pacs.store import Store
+from servers.runtime import ServerLoop
+from tests.broker.launch import launch
+
+INSTANCE_MB = 512 * 512 * 2 / 1e6
+SERIES = 4
+
+
+def plan_for(study_mb: int):  # type: ignore[no-untyped-def]
+    per_series = max(1, round(study_mb / INSTANCE_MB / SERIES))
+    return make_plan(DemoOptions(patients=1, studies_per_patient=(1, 1), series_per_study=(SERIES, SERIES),
+                                 instances_per_series=(per_series, per_series), rows=512, columns=512,
+                                 modalities=("CT",)))
+
+
+def start_role(args: list[str], work: Path, name: str) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
+    urls = work / f"{name}-urls.json"
+    urls.unlink(missing_ok=True)
+    log = (work / f"{name}.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "servers.cli", "--log-level", "WARNING", *args,
+                             "--urls-file", str(urls)], stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while not urls.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"{name} did not start; see {work / (name + '.log')}")
+        time.sleep(0.05)
+    return proc, json.loads(urls.read_text())
+
+
+def retrieve(url: str, headers: dict[str, str]) -> tuple[int, float]:
+    start = time.perf_counter()
+    size = 0
+    with httpx.stream("GET", url, headers={**headers, "Accept": 'multipart/related; type="application/dicom"'},
+                      timeout=120) as r:
+        r.raise_for_status()
+        for chunk in r.iter_raw(1024 * 1024):
+            size += len(chunk)
+    return size, time.perf_counter() - start
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--study-mb", type=int, default=2048, help="size of the study (default 2048 MB)")
+    ap.add_argument("--rounds", type=int, default=3, help="retrieves per path (default 3)")
+    ap.add_argument("--data-dir", help="where the generated PACS store is kept (default: a temporary folder)")
+    args = ap.parse_args()
+    quiet_httpx()
+
+    work = Path(args.data_dir or tempfile.mkdtemp(prefix="s4s-bench-broker-")).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    plan = plan_for(args.study_mb)
+    patient = plan.patients[0]
+    study = patient.studies[0]
+    pacs_dir = work / f"pacs-{args.study_mb}"
+    t = time.perf_counter()
+    store = Store(pacs_dir, fsync=False)
+    added = seed(store, plan)
+    store.close()
+    print(f"study: {study.number_of_instances} instances, ~{args.study_mb} MB "
+          f"({'generated in %.0f s' % (time.perf_counter() - t) if added else 'reused'}; {pacs_dir})")
+
+    secrets = {BROKER_CLIENT_ID: "bench-broker-secret-0123456789", INTROSPECTION_CLIENT_ID: "bench-intro-secret-01"}
+    regs = demo_clients_json()["clients"]
+    for reg in regs:
+        if reg["client_id"] in secrets:
+            reg["client_secret"] = secrets[reg["client_id"]]
+    clients = tuple(OAuthClient.from_json(r) for r in regs)
+    loop = ServerLoop().start()
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        ehr_settings = EHRSettings(data_dir=work / "ehr", plan=plan, clients=clients)
+        ehr = loop.serve(lambda url: make_ehr(ehr_settings, url)).url
+        intro_settings = IntrospectionSettings(ehr_fhir=ehr + "/fhir", mode=Mode.RELAY,
+                                               client_id=INTROSPECTION_CLIENT_ID,
+                                               client_secret=secrets[INTROSPECTION_CLIENT_ID], callers=clients)
+        intro = loop.serve(lambda url: make_introspection(intro_settings, url)).url + "/introspect"
+        pacs_proc, pacs_urls = start_role(["pacs", "--data-dir", str(pacs_dir), "--no-fsync"], work, "pacs")
+        procs.append(pacs_proc)
+        secret_file = work / "broker-secret"
+        secret_file.write_text(secrets[BROKER_CLIENT_ID])
+        os.chmod(secret_file, 0o600)
+        broker_proc, broker_urls = start_role(
+            ["broker", "--pacs", pacs_urls["pacs_dicomweb"], "--introspection", intro, "--ehr", ehr + "/fhir",
+             "--client-secret-file", str(secret_file), "--data-dir", str(work / "broker")], work, "broker")
+        procs.append(broker_proc)
+        user = next(u for u in plan.users if u.patient_ids == (patient.id,))
+        token = launch(ehr, user.username, user.password, patient.id)["access_token"]
+        auth = {"Authorization": f"Bearer {token}"}
+        direct_url = f"{pacs_urls['pacs_dicomweb']}/studies/{study.study_uid}"
+        broker_url = f"{broker_urls['broker_dicomweb']}/studies/{study.study_uid}"
+
+        broker_ps = psutil.Process(broker_proc.pid)
+        pacs_ps = psutil.Process(pacs_proc.pid)
+        me = psutil.Process()
+
+        def cpu() -> tuple[float, float, float]:
+            return tuple(sum(p.cpu_times()[:2]) for p in (pacs_ps, broker_ps, me))  # type: ignore[return-value]
+
+        cpu_direct = [0.0, 0.0, 0.0]
+        cpu_broker = [0.0, 0.0, 0.0]
+        samples: list[int] = []
+        sampling = threading.Event()
+
+        def sample() -> None:
+            while not stop.is_set():
+                if sampling.is_set():
+                    samples.append(broker_ps.memory_info().rss)
+                time.sleep(0.1)
+
+        stop = threading.Event()
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        retrieve(broker_url, auth)  # warm-up: connections, caches, page cache
+        idle_rss = broker_ps.memory_info().rss
+        direct: list[float] = []
+        through: list[float] = []
+        size = 0
+        for n in range(args.rounds):
+            c0 = cpu()
+            size, seconds = retrieve(direct_url, {})
+            c1 = cpu()
+            direct.append(size / seconds / 1e6)
+            sampling.set()
+            size_b, seconds = retrieve(broker_url, auth)
+            sampling.clear()
+            c2 = cpu()
+            for i in range(3):
+                cpu_direct[i] += c1[i] - c0[i]
+                cpu_broker[i] += c2[i] - c1[i]
+            assert size_b == size, (size_b, size)
+            through.append(size / seconds / 1e6)
+            print(f"round {n + 1}: direct {direct[-1]:7.1f} MB/s   broker {through[-1]:7.1f} MB/s")
+        stop.set()
+        sampler.join()
+        ratio = statistics.median(through) / statistics.median(direct)
+        best_ratio = max(through) / max(direct)
+        peak = max(samples) if samples else idle_rss
+        print(f"\nwhole-study retrieve, {size / 1e6:.0f} MB, median of {args.rounds}:")
+        print(f"  straight from the PACS  {statistics.median(direct):7.1f} MB/s")
+        print(f"  through the broker      {statistics.median(through):7.1f} MB/s")
+        print(f"  ratio broker/direct     {ratio:7.3f}   (target >= 0.90: {'met' if ratio >= 0.9 else 'NOT met'})")
+        print(f"  ratio of the best runs  {best_ratio:7.3f}")
+        gb = size * args.rounds / 1e9
+        print("CPU seconds per GB (pacs / broker / client): direct "
+              + " / ".join(f"{c / gb:.2f}" for c in cpu_direct) + ", through the broker "
+              + " / ".join(f"{c / gb:.2f}" for c in cpu_broker) + f" ({os.cpu_count()} CPUs)")
+        print(f"broker RSS: idle {idle_rss / 2**20:.0f} MiB, peak while streaming {peak / 2**20:.0f} MiB "
+              f"(+{(peak - idle_rss) / 2**20:.0f} MiB for a {size / 2**20:.0f} MiB study, {len(samples)} samples)")
+    finally:
+        for p in procs:
+            p.terminate()
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        loop.stop()
+
+
+if __name__ == "__main__":
+    main()

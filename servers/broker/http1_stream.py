@@ -1,0 +1,164 @@
+"""A streamed HTTP/1.1 GET on a Tornado ``IOStream``: back-pressure, idle timeouts, few copies.
+
+Why not httpx here (the broker uses httpx for everything else): reading a multi-gigabyte WADO-RS answer
+through httpx's ``aiter_raw`` costs about 150 us of Python per 64 KiB chunk (anyio and httpcore layers),
+measured at 430 MB/s against 900+ MB/s for Tornado on the same PACS, and the broker's point is to
+stream at nearly the PACS's speed (issue 4: >= 90 %). Nor Tornado's ``HTTP1Connection``/
+``AsyncHTTPClient``: they copy each body chunk three times in user space (read buffer, consume,
+re-slice) and their only timeout is a total one, useless for long transfers.
+
+Here the status line and headers are read with ``read_until_regex`` and parsed with
+:mod:`tornado.httputil`; the body is read with ``IOStream.read_into`` straight into one reusable 1 MiB
+buffer (one copy, kernel to user) and handed out as a ``memoryview`` that stays valid until the next
+iteration: the caller writes it to its client and waits for that write before asking for more, so the
+PACS is read no faster than the client takes the data (memory stays flat). Bodies framed by
+Content-Length, chunked transfer coding (RFC 9112 7.1) or connection close are understood; a body that
+ends early raises :class:`~servers.broker.upstream.UpstreamBroken`. Every wait (connect, headers,
+next chunk) is bounded by the idle timeout. One connection per retrieve (``Connection: close``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Mapping
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from tornado import httputil
+from tornado.iostream import IOStream, StreamClosedError
+from tornado.tcpclient import TCPClient
+
+from s4s_jupyter.core.errors import UpstreamError
+from servers.broker.upstream import UpstreamBroken
+
+T = TypeVar("T")
+MAX_HEADER_BYTES = 256 * 1024
+
+
+class StreamedResponse:
+    """An answer whose body is read with :meth:`iter_bytes`; :meth:`close` drops the connection."""
+
+    def __init__(self, stream: IOStream, start: httputil.ResponseStartLine, headers: httputil.HTTPHeaders,
+                 idle_timeout: float, chunk_size: int) -> None:
+        self._stream = stream
+        self.status = start.code
+        self.reason = start.reason
+        self.headers = headers
+        self.idle_timeout = idle_timeout
+        self._buf = bytearray(chunk_size)
+
+    async def _wait(self, awaitable: Awaitable[T]) -> T:
+        try:
+            return await asyncio.wait_for(awaitable, self.idle_timeout)
+        except TimeoutError:
+            self.close()
+            raise UpstreamBroken("the PACS stopped sending mid-answer") from None
+        except StreamClosedError:
+            raise UpstreamBroken("the PACS answer broke off") from None
+
+    async def _exactly(self, remaining: int) -> AsyncIterator[memoryview]:
+        view = memoryview(self._buf)
+        while remaining > 0:
+            want = min(remaining, len(self._buf))
+            n = await self._wait(self._stream.read_into(view[:want], partial=True))  # type: ignore[arg-type]
+            remaining -= n
+            yield view[:n]
+
+    async def iter_bytes(self) -> AsyncIterator[memoryview]:
+        """The body, decoded from its HTTP/1.1 framing; each view is valid until the next one."""
+        if self.status in (204, 304):
+            return
+        if _chunked(self.headers):
+            while True:
+                line = await self._wait(self._stream.read_until(b"\r\n", max_bytes=4096))
+                try:
+                    size = int(line.split(b";", 1)[0].strip(), 16)
+                except ValueError:
+                    self.close()
+                    raise UpstreamBroken("the PACS sent a malformed chunk") from None
+                if size == 0:
+                    while (await self._wait(self._stream.read_until(b"\r\n", max_bytes=16384))) != b"\r\n":
+                        pass  # trailer fields are not passed on
+                    return
+                async for piece in self._exactly(size):
+                    yield piece
+                if await self._wait(self._stream.read_bytes(2)) != b"\r\n":
+                    self.close()
+                    raise UpstreamBroken("the PACS sent a malformed chunk")
+        elif "Content-Length" in self.headers:
+            async for piece in self._exactly(int(self.headers["Content-Length"])):
+                yield piece
+        else:  # delimited by the connection closing (RFC 9112 6.3 item 8)
+            view = memoryview(self._buf)
+            while True:
+                try:
+                    n = await asyncio.wait_for(self._stream.read_into(view, partial=True),  # type: ignore[arg-type]
+                                               self.idle_timeout)
+                except StreamClosedError:
+                    return
+                except TimeoutError:
+                    self.close()
+                    raise UpstreamBroken("the PACS stopped sending mid-answer") from None
+                yield view[:n]
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+def _chunked(headers: httputil.HTTPHeaders) -> bool:
+    """Whether the final transfer coding is ``chunked`` (RFC 9112 6.3)."""
+    codings = [c.strip().lower() for v in headers.get_list("Transfer-Encoding") for c in v.split(",")]
+    return bool(codings) and codings[-1] == "chunked"
+
+
+def _content_length(headers: httputil.HTTPHeaders) -> None:
+    values = {v.strip() for v in headers.get_list("Content-Length") for v in v.split(",")}
+    if len(values) > 1 or any(not v.isdigit() for v in values):
+        raise UpstreamError("the PACS sent a bad Content-Length")
+    if values:
+        headers["Content-Length"] = values.pop()
+
+
+async def open_get(url: str, headers: Mapping[str, str], *, timeout: float,
+                   chunk_size: int = 1024 * 1024) -> StreamedResponse:
+    """Send ``GET url`` and return once the answer's status line and headers arrived.
+
+    Raises :class:`UpstreamError`: 502 refused or garbage, 504 timed out.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UpstreamError(f"unsupported upstream URL scheme {parts.scheme!r}")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    ssl_options = ssl.create_default_context() if parts.scheme == "https" else None
+    try:
+        stream: Any = await asyncio.wait_for(
+            TCPClient().connect(parts.hostname, port, ssl_options=ssl_options), timeout)
+    except TimeoutError:
+        raise UpstreamError("the PACS timed out (connect)", status=504) from None
+    except (OSError, StreamClosedError) as exc:
+        raise UpstreamError(f"the PACS cannot be reached ({type(exc).__name__})") from None
+    stream.read_chunk_size = chunk_size
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    lines = [f"GET {target} HTTP/1.1", f"Host: {parts.netloc}", "Connection: close",
+             *(f"{k}: {v}" for k, v in headers.items())]
+    try:
+        await stream.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        head = await asyncio.wait_for(stream.read_until_regex(b"\r?\n\r?\n", max_bytes=MAX_HEADER_BYTES),
+                                      timeout)
+    except TimeoutError:
+        stream.close()
+        raise UpstreamError("the PACS timed out", status=504) from None
+    except (StreamClosedError, OSError):
+        stream.close()
+        raise UpstreamError("the PACS closed the connection or answered garbage") from None
+    try:
+        text = head.decode("latin-1")
+        eol = text.find("\n")
+        start = httputil.parse_response_start_line(text[:eol].rstrip("\r"))
+        response_headers = httputil.HTTPHeaders.parse(text[eol:])
+        _content_length(response_headers)
+    except (httputil.HTTPInputError, ValueError, UpstreamError):
+        stream.close()
+        raise UpstreamError("the PACS answered something that is not HTTP") from None
+    return StreamedResponse(stream, start, response_headers, timeout, chunk_size)

@@ -73,8 +73,8 @@ def start_role(args: list[str], work: Path, name: str) -> tuple[subprocess.Popen
 def retrieve(url: str, headers: dict[str, str]) -> tuple[int, float]:
     start = time.perf_counter()
     size = 0
-    with httpx.stream("GET", url, headers={**headers, "Accept": 'multipart/related; type="application/dicom"'},
-                      timeout=120) as r:
+    accept = {"Accept": 'multipart/related; type="application/dicom"'}
+    with httpx.stream("GET", url, headers={**headers, **accept}, timeout=120) as r:
         r.raise_for_status()
         for chunk in r.iter_raw(1024 * 1024):
             size += len(chunk)
@@ -102,7 +102,8 @@ def main() -> None:
     print(f"study: {study.number_of_instances} instances, ~{args.study_mb} MB "
           f"({'generated in %.0f s' % (time.perf_counter() - t) if added else 'reused'}; {pacs_dir})")
 
-    secrets = {BROKER_CLIENT_ID: "bench-broker-secret-0123456789", INTROSPECTION_CLIENT_ID: "bench-intro-secret-01"}
+    secrets = {BROKER_CLIENT_ID: "bench-broker-secret-0123456789",
+               INTROSPECTION_CLIENT_ID: "bench-intro-secret-0123456789"}
     regs = demo_clients_json()["clients"]
     for reg in regs:
         if reg["client_id"] in secrets:
@@ -115,7 +116,8 @@ def main() -> None:
         ehr = loop.serve(lambda url: make_ehr(ehr_settings, url)).url
         intro_settings = IntrospectionSettings(ehr_fhir=ehr + "/fhir", mode=Mode.RELAY,
                                                client_id=INTROSPECTION_CLIENT_ID,
-                                               client_secret=secrets[INTROSPECTION_CLIENT_ID], callers=clients)
+                                               client_secret=secrets[INTROSPECTION_CLIENT_ID],
+                                               callers=clients)
         intro = loop.serve(lambda url: make_introspection(intro_settings, url)).url + "/introspect"
         pacs_proc, pacs_urls = start_role(["pacs", "--data-dir", str(pacs_dir), "--no-fsync"], work, "pacs")
         procs.append(pacs_proc)
@@ -181,14 +183,16 @@ def main() -> None:
         print(f"\nwhole-study retrieve, {size / 1e6:.0f} MB, median of {args.rounds}:")
         print(f"  straight from the PACS  {statistics.median(direct):7.1f} MB/s")
         print(f"  through the broker      {statistics.median(through):7.1f} MB/s")
-        print(f"  ratio broker/direct     {ratio:7.3f}   (target >= 0.90: {'met' if ratio >= 0.9 else 'NOT met'})")
+        verdict = "met" if ratio >= 0.9 else "NOT met"
+        print(f"  ratio broker/direct     {ratio:7.3f}   (target >= 0.90: {verdict})")
         print(f"  ratio of the best runs  {best_ratio:7.3f}")
         gb = size * args.rounds / 1e9
         print("CPU seconds per GB (pacs / broker / client): direct "
               + " / ".join(f"{c / gb:.2f}" for c in cpu_direct) + ", through the broker "
               + " / ".join(f"{c / gb:.2f}" for c in cpu_broker) + f" ({os.cpu_count()} CPUs)")
         print(f"broker RSS: idle {idle_rss / 2**20:.0f} MiB, peak while streaming {peak / 2**20:.0f} MiB "
-              f"(+{(peak - idle_rss) / 2**20:.0f} MiB for a {size / 2**20:.0f} MiB study, {len(samples)} samples)")
+              f"(+{(peak - idle_rss) / 2**20:.0f} MiB for a {size / 2**20:.0f} MiB study, "
+              f"{len(samples)} samples)")
     finally:
         for p in procs:
             p.terminate()

@@ -23,6 +23,8 @@ class ProxyState:
     in_flight: int = 0
     max_in_flight: int = 0
     failed: int = 0
+    garbage: bool = False  # answer retrievals with a well-formed multipart body whose part is not DICOM
+    rewrite: dict[str, str] = field(default_factory=dict)  # WADO-RS path substitutions
 
 
 class ProxyHandler(tornado.web.RequestHandler):
@@ -38,6 +40,13 @@ class ProxyHandler(tornado.web.RequestHandler):
             self.set_header("Retry-After", st.retry_after)
             self.finish("busy")
             return
+        if st.garbage and re.search(r"/(series|instances)/[^/]+$", path):
+            self.set_header("Content-Type", 'multipart/related; type="application/dicom"; boundary=xyz')
+            self.finish(b"--xyz\r\nContent-Type: application/dicom\r\n\r\nnot a DICOM file\r\n--xyz--\r\n")
+            return
+        if re.search(r"/(series|instances)/[^/]+$", path):  # WADO-RS only; QIDO-RS answers stay right
+            for old, new in st.rewrite.items():
+                path = path.replace(old, new)
         st.in_flight += 1
         st.max_in_flight = max(st.max_in_flight, st.in_flight)
         try:

@@ -81,3 +81,36 @@ def test_token_goes_only_where_the_endpoint_requires_it(server_loop: ServerLoop,
         r.load(series_targets(study.study_uid, endpoint=DICOMwebEndpoint(url, True), qido=r.qido),
                progress=False)
         assert state.seen and all(auth for _, auth in state.seen)
+
+
+def test_a_part_that_is_not_dicom_fails_without_leaving_files(server_loop: ServerLoop, pacs: str,
+                                                             kit_plan: DemoPlan, tmp_path: Path) -> None:
+    import pytest
+
+    from s4s_jupyter.core.errors import ClientError
+
+    _, url = proxy(server_loop, pacs, garbage=True)
+    study = kit_plan.patients[0].studies[0]
+    with Retriever(sleep=lambda s: None) as r:
+        targets = series_targets(study.study_uid, endpoint=DICOMwebEndpoint(url), qido=r.qido)
+        manifest = r.download(targets, tmp_path, progress=False)
+        assert set(manifest["status"]) == {"failed"}
+        assert manifest["error"].str.contains("not a DICOM file").all()
+        assert not [p for p in tmp_path.rglob("*") if p.is_file() and p.name != ".s4s-manifest.jsonl"]
+        with pytest.raises(ClientError, match="not a DICOM file"):
+            r.load(targets, progress=False)
+
+
+def test_instances_of_another_series_are_refused(server_loop: ServerLoop, pacs: str, kit_plan: DemoPlan,
+                                                 tmp_path: Path) -> None:
+    study = kit_plan.patients[0].studies[0]
+    wanted, sent = study.series[0].series_uid, study.series[1].series_uid
+    # the server answers a retrieval of series 0 with series 1 (its QIDO answers stay right)
+    _, url = proxy(server_loop, pacs, rewrite={f"series/{wanted}": f"series/{sent}"})
+    with Retriever(sleep=lambda s: None, connections_per_host=1) as r:
+        targets = [t for t in series_targets(study.study_uid, endpoint=DICOMwebEndpoint(url), qido=r.qido)
+                   if t.series_uid == wanted]
+        manifest = r.download(targets, tmp_path, progress=False)
+    assert set(manifest["status"]) == {"failed"}
+    assert manifest["error"].str.contains("another series").all()
+    assert not list(tmp_path.rglob("*.dcm"))

@@ -134,3 +134,27 @@ def test_authorization_request_has_pkce_s256_state_and_aud() -> None:
     with pytest.raises(OAuthError) as info:
         parse_redirect(req, f"{req.redirect_uri}?error=access_denied&state={req.state}")
     assert info.value.error == "access_denied"
+
+
+def test_without_a_display_the_authorize_url_is_shown(monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    import webbrowser
+
+    from s4s_jupyter.client.launch import default_browser
+
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    opened: list[str] = []
+
+    def fake_open(url: str, new: int = 0) -> bool:  # stands in for the user's browser
+        opened.append(url)
+        return True
+
+    monkeypatch.setattr(webbrowser, "open", fake_open)
+    default_browser("https://ehr.example/auth/authorize?x=1")
+    assert opened == []  # no graphical browser to open on a headless machine
+    assert "https://ehr.example/auth/authorize?x=1" in capsys.readouterr().out
+    monkeypatch.setenv("DISPLAY", ":0")
+    default_browser("https://ehr.example/auth/authorize?x=2")
+    assert opened == ["https://ehr.example/auth/authorize?x=2"]
+    assert "https://ehr.example/auth/authorize?x=2" in capsys.readouterr().out  # shown as well

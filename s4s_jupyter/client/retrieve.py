@@ -208,6 +208,7 @@ class _Run:
         self.records: dict[str, dict[str, Any]] = {}  # SOP UID -> manifest row
         self.datasets: dict[str, Dataset] = {}
         self.folders: set[Path] = set()
+        self.cancelled = threading.Event()
         self.sidecar: BinaryIO | None = None
         if directory is not None:
             directory.mkdir(parents=True, exist_ok=True)
@@ -489,6 +490,8 @@ class Retriever:
                         raise ClientError(f"GET {unit.url}: unexpected Content-Type {media!r}", status=502)
                     parser = MultipartParser(params["boundary"])
                     for chunk in response.iter_bytes():
+                        if run.cancelled.is_set():
+                            raise ClientError("cancelled", status=499)
                         run.progress.add_bytes(len(chunk))
                         for event in parser.feed(chunk):
                             if isinstance(event, PartData):
@@ -529,8 +532,14 @@ class Retriever:
                     errors.setdefault(key, exc.message)
 
         if units:
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="s4s-wado") as pool:
+            pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="s4s-wado")
+            try:
                 list(pool.map(work, units))
+            except BaseException:  # KeyboardInterrupt in a notebook: stop the workers promptly
+                run.cancelled.set()
+                raise
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
         return errors
 
     def download(self, targets: Sequence[SeriesTarget], directory: str | os.PathLike[str], *,

@@ -49,10 +49,10 @@ pytest: venv debian
 # The test command: lint, types, then every test (real servers on loopback, Orthanc, Chromium).
 test: venv debian lint typecheck pytest
 
-# The main job: the demo stack on loopback (URLs in $(DATA)/urls.json).
+# The main job: the demo stack and JupyterLab on loopback (URLs in $(DATA)/urls.json).
 demo: venv
 	mkdir -p $(DATA)
-	$(BIN)/s4s-servers demo --data-dir $(DATA) --urls-file $(DATA)/urls.json
+	$(BIN)/s4s-servers lab --data-dir $(DATA) --urls-file $(DATA)/urls.json
 
 clean-demo:
 	rm -rf $(DATA)

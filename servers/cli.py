@@ -22,6 +22,7 @@ from servers.runtime import ServerLoop
 #: role name -> module with add_arguments(parser) and run(args, loop)
 ROLES: dict[str, str] = {
     "demo": "servers.demo",
+    "lab": "servers.lab",
     "pacs": "servers.pacs.command",
     "ehr": "servers.ehr.command",
     "introspection": "servers.introspection.command",

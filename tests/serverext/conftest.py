@@ -45,13 +45,6 @@ def ext_plan() -> DemoPlan:
 
 
 @pytest.fixture(scope="session")
-def server_loop() -> Iterator[ServerLoop]:
-    loop = ServerLoop().start()
-    yield loop
-    loop.stop()
-
-
-@pytest.fixture(scope="session")
 def ehr_stack(server_loop: ServerLoop, tmp_path_factory: pytest.TempPathFactory,
               ext_plan: DemoPlan) -> dict[str, Any]:
     """The demo stack (real EHR pages, no auto-approve); the kit client accepts the prefixed callback."""

@@ -139,7 +139,11 @@ class LoginWidget(w.VBox):
         """Show the current login (from the session's tokens)."""
         tokens = self.tokens
         ehr = escape(self.session.fhir_base)
-        if tokens is None or not self.session.logged_in:
+        signed_in = tokens is not None and self.session.logged_in
+        # offer the sign-in while signed out; the sign-out while signed in
+        self.link.layout.display = "none" if signed_in and self.server_base_url else None
+        self.logout_button.layout.display = None if signed_in else "none"
+        if tokens is None or not signed_in:
             self.status.value = (f"<span class='s4s-status' data-logged-in='false'>Not signed in at "
                                  f"{ehr}.</span>")
             self.logout_button.disabled = True

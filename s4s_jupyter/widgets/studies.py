@@ -52,6 +52,8 @@ class StudyBrowser(w.VBox):
                                              layout=w.Layout(width="95%"))
         self.series_select = w.SelectMultiple(description="Series", rows=6, options=[],
                                               layout=w.Layout(width="95%"))
+        self.study_select.add_class("s4s-studies")
+        self.series_select.add_class("s4s-series")
         self.pull_button = w.Button(description="Pull", icon="download",
                                     tooltip="Retrieve the selected series (or whole studies) into memory")
         self.thumbnails_button = w.Button(description="Thumbnails", icon="image")

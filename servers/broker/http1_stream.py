@@ -47,15 +47,32 @@ class StreamedResponse:
         self.headers = headers
         self.idle_timeout = idle_timeout
         self._buf = bytearray(chunk_size)
+        self._loop = asyncio.get_running_loop()
+        self._last = self._loop.time()
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._idle = False
 
     async def _wait(self, awaitable: Awaitable[T]) -> T:
+        """Await one read. The idle timeout is a watchdog timer re-armed lazily (a timer or task per
+        chunk would cost more than the chunk's own processing)."""
+        self._last = self._loop.time()
+        if self._watchdog is None:
+            self._watchdog = self._loop.call_later(self.idle_timeout, self._check_idle)
         try:
-            return await asyncio.wait_for(awaitable, self.idle_timeout)
-        except TimeoutError:
-            self.close()
-            raise UpstreamBroken("the PACS stopped sending mid-answer") from None
+            return await awaitable
         except StreamClosedError:
+            if self._idle:
+                raise UpstreamBroken("the PACS stopped sending mid-answer") from None
             raise UpstreamBroken("the PACS answer broke off") from None
+
+    def _check_idle(self) -> None:
+        idle_for = self._loop.time() - self._last
+        if idle_for >= self.idle_timeout:
+            self._idle = True
+            self._watchdog = None
+            self._stream.close()  # the pending read fails with StreamClosedError
+        else:
+            self._watchdog = self._loop.call_later(self.idle_timeout - idle_for, self._check_idle)
 
     async def _exactly(self, remaining: int) -> AsyncIterator[memoryview]:
         view = memoryview(self._buf)
@@ -93,16 +110,17 @@ class StreamedResponse:
             view = memoryview(self._buf)
             while True:
                 try:
-                    n = await asyncio.wait_for(self._stream.read_into(view, partial=True),  # type: ignore[arg-type]
-                                               self.idle_timeout)
-                except StreamClosedError:
+                    n = await self._wait(self._stream.read_into(view, partial=True))  # type: ignore[arg-type]
+                except UpstreamBroken:
+                    if self._idle:
+                        raise
                     return
-                except TimeoutError:
-                    self.close()
-                    raise UpstreamBroken("the PACS stopped sending mid-answer") from None
                 yield view[:n]
 
     def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         self._stream.close()
 
 

@@ -80,6 +80,8 @@ def jupyter_config(urls: dict[str, Any], *, host: str, port: int, root_dir: Path
                       "allow_root": hasattr(os, "geteuid") and os.geteuid() == 0,
                       "jpserver_extensions": {"s4s_jupyter.serverext": True}},
         "S4SExtension": {"ehr_url": urls["ehr_fhir"], "client_id": "s4s-jupyter"},
+        # the demo stays on loopback: no announcements or update checks from the internet
+        "LabApp": {"news_url": None, "check_for_updates_class": "jupyterlab.NeverCheckForUpdate"},
     }
 
 

@@ -70,3 +70,25 @@ def test_a_missing_or_foreign_state_is_refused_and_the_real_one_survives() -> No
 
 def test_registration_repr_hides_the_secret() -> None:
     assert "s3cret" not in repr(ClientRegistration("http://x/fhir", "c", "s3cret"))
+
+
+def test_only_configured_ehrs_and_clients() -> None:
+    from s4s_jupyter.client.tokens import TokenStore
+    from s4s_jupyter.core.errors import OAuthError
+    from s4s_jupyter.serverext.logins import SmartLogins
+
+    confidential = ClientRegistration("http://127.0.0.1:1/fhir", "app", "secret")
+    other = ClientRegistration("http://127.0.0.1:2/fhir", "s4s-jupyter")
+    logins = SmartLogins([confidential, other], TokenStore("/nonexistent/tokens.json"), scopes="openid")
+    assert logins.registration() == confidential
+    assert logins.registration("http://127.0.0.1:2/fhir/") == other
+    assert logins.registration("http://127.0.0.1:2/fhir", "another-public") == ClientRegistration(
+        "http://127.0.0.1:2/fhir", "another-public")
+    with pytest.raises(OAuthError, match="not configured") as exc:
+        logins.registration("http://127.0.0.1:3/fhir")
+    assert exc.value.error == "invalid_request"
+    with pytest.raises(OAuthError) as exc:  # a confidential client's EHR: no other client ids
+        logins.registration("http://127.0.0.1:1/fhir", "intruder")
+    assert exc.value.error == "invalid_client"
+    with pytest.raises(OAuthError, match="no EHR configured"):
+        SmartLogins([], TokenStore("/nonexistent/tokens.json"), scopes="openid").registration()

@@ -22,6 +22,8 @@ from servers.demo_data.plan import DemoOptions, DemoPlan, make_plan
 from servers.runtime import ServerLoop
 
 BASE_URL = "/jupyter/user/demo/"
+#: configured, but nothing listens there (the discard port on loopback refuses connections)
+UNREACHABLE_EHR = "http://127.0.0.1:9/fhir"
 
 
 def register_redirects(data_dir: Path, uris: list[str]) -> None:
@@ -70,7 +72,8 @@ def token_path(tmp_path: Path) -> Path:
 def jp_server_config(ehr_stack: dict[str, Any], token_path: Path) -> Config:
     return Config({
         "ServerApp": {"jpserver_extensions": {"s4s_jupyter.serverext": True}},
-        "S4SExtension": {"ehr_url": ehr_stack["ehr_fhir"], "token_store_path": str(token_path)},
+        "S4SExtension": {"ehr_url": ehr_stack["ehr_fhir"], "token_store_path": str(token_path),
+                         "allowed_ehr_urls": [UNREACHABLE_EHR]},
     })
 
 

@@ -21,7 +21,7 @@ from tornado.httpclient import HTTPResponse
 
 from s4s_jupyter.client.automation import FormLogin
 from s4s_jupyter.client.tokens import TokenStore, store_key
-from tests.serverext.conftest import BASE_URL, CookieFetch
+from tests.serverext.conftest import BASE_URL, UNREACHABLE_EHR, CookieFetch
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -198,8 +198,8 @@ async def test_logout_needs_the_xsrf_token_with_a_cookie_and_revokes(
 
 
 async def test_an_ehr_that_is_not_configured_is_never_contacted(browser_fetch: CookieFetch) -> None:
-    r = await browser_fetch("s4s", "login", params={"ehr": "http://127.0.0.1:9/fhir"}, follow_redirects=False,
-                       raise_error=False)
+    r = await browser_fetch("s4s", "login", params={"ehr": "http://127.0.0.1:10/fhir"},
+                            follow_redirects=False, raise_error=False)
     assert r.code == 400 and "not configured" in r.body.decode()
     r = await browser_fetch("s4s", "api", "status", params={"ehr": "http://evil.example/fhir"},
                             raise_error=False)
@@ -215,3 +215,10 @@ async def test_kernels_inherit_the_extension_configuration(browser_fetch: Cookie
     assert os.environ["S4S_JUPYTER_BASE_URL"] == BASE_URL
     assert os.environ["S4S_EHR_URL"] == ehr_stack["ehr_fhir"]
     assert os.environ["S4S_TOKEN_STORE"] == str(token_path)
+
+
+async def test_an_unreachable_ehr_gives_a_clear_502_page(browser_fetch: CookieFetch) -> None:
+    r = await browser_fetch("s4s", "login", params={"ehr": UNREACHABLE_EHR}, follow_redirects=False,
+                            raise_error=False)
+    assert r.code == 502 and "could not be reached" in r.body.decode()
+    assert 'data-s4s-login="error"' in r.body.decode()

@@ -53,13 +53,15 @@ def test_503_with_retry_after_is_passed_through(stack: Stack) -> None:
         assert r.status_code == 503 and r.headers["retry-after"] == "7", (path, r.text)
 
 
-@pytest.mark.parametrize("mode", ["cut", "cut-length"])
+@pytest.mark.parametrize("mode", ["cut", "cut-length", "cut-stall"])
 def test_mid_stream_cut_is_a_broken_transfer(stack: Stack, mode: str) -> None:
+    """The PACS closes mid-answer (chunked, or short of its Content-Length), or stops sending for
+    longer than the broker's idle timeout."""
     patient = stack.plan.patients[0]
     token = stack.token(patient)
     study = patient.studies[0].study_uid
     upstream, _ = relay(stack.loop, stack.pacs_dicomweb, mode=mode)
-    url, ctx = stack.start_broker(upstream)
+    url, ctx = stack.start_broker(upstream, upstream_timeout=1.0)
     with httpx.stream("GET", f"{url}/dicom-web/studies/{study}", timeout=20,
                       headers={"Authorization": f"Bearer {token}"}) as r:
         assert r.status_code == 200

@@ -222,3 +222,31 @@ async def test_an_unreachable_ehr_gives_a_clear_502_page(browser_fetch: CookieFe
                             raise_error=False)
     assert r.code == 502 and "could not be reached" in r.body.decode()
     assert 'data-s4s-login="error"' in r.body.decode()
+
+
+async def test_a_kernel_session_uses_and_refreshes_the_extensions_login(
+        browser_fetch: CookieFetch, ehr_stack: dict[str, Any], token_path: Path) -> None:
+    import dataclasses
+    import time
+
+    import s4s_jupyter as s4s
+
+    redirect = await through_ehr(await start_login(browser_fetch), ehr_stack["users"][0])
+    assert (await callback(browser_fetch, redirect)).code == 200
+    store = TokenStore(token_path)
+    key = store_key(ehr_stack["ehr_fhir"], "s4s-jupyter")
+    login = store.get(key)
+    assert login is not None
+    store.put(key, dataclasses.replace(login, expires_at=time.time() - 5))  # the access token "expired"
+    assert (await status(browser_fetch))["expired"] is True
+
+    def kernel() -> str:  # what a notebook does, in a kernel started after the login
+        with s4s.connect(ehr_stack["ehr_fhir"], login=False, token_store=token_path) as ehr:
+            assert ehr.logged_in and ehr.patient == login.patient
+            return str(ehr.read("Patient", ehr.patient)["id"])  # refreshes first, then reads
+
+    assert await asyncio.to_thread(kernel) == login.patient
+    refreshed = store.get(key)
+    assert refreshed is not None and refreshed.access_token != login.access_token
+    body = await status(browser_fetch)
+    assert body["logged_in"] is True and body["expired"] is False and body["patient"] == login.patient

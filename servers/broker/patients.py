@@ -8,9 +8,10 @@ broker reads the Patient with its own client_credentials token and caches the an
 
 from __future__ import annotations
 
+import inspect
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 from servers.broker.cache import TTLCache
@@ -78,3 +79,25 @@ class FHIRPatientDirectory:
         if value:
             self.cache.put(patient, value)
         return value
+
+
+PatientReader = Callable[[str], "Mapping[str, Any] | Awaitable[Mapping[str, Any] | None] | None"]
+
+
+class InProcessPatientDirectory:
+    """For an application that holds the Patient resources itself (the EHR mounting the broker):
+    ``read(id)`` returns the Patient resource (or None), sync or async."""
+
+    def __init__(self, read: PatientReader, rule: IdentifierRule) -> None:
+        self.read = read
+        self.rule = rule
+
+    async def dicom_patient_id(self, patient: str) -> str | None:
+        if not FHIR_ID.match(patient):
+            return None
+        resource = self.read(patient)
+        if inspect.isawaitable(resource):
+            resource = await resource
+        if not isinstance(resource, Mapping) or resource.get("id") not in (None, patient):
+            return None
+        return self.rule.pick(resource)

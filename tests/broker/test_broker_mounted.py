@@ -9,7 +9,10 @@ from dicomweb_client import DICOMwebClient
 
 from servers.broker.app import broker_routes, build_context
 from servers.broker.authorizer import InProcessAuthorizer
+from servers.broker.patients import IdentifierRule, InProcessPatientDirectory
+from servers.broker.settings import MR_TYPE
 from servers.ehr.app import SERVICES_KEY
+from servers.ehr.fhir.store import build_store
 from servers.runtime import CLEANUP_KEY
 from tests.broker.conftest import Stack
 
@@ -18,10 +21,15 @@ def test_mounted_broker_with_in_process_introspection(stack: Stack) -> None:
     assert stack.ehr_app is not None
     introspector = stack.ehr_app.settings[SERVICES_KEY].introspector
     settings = stack.broker_settings(stack.pacs_dicomweb, introspection_url=None)
+    # the EHR's own FHIR store answers the Patient lookups (no HTTP, no broker credentials needed)
+    store = build_store(stack.plan)
+    patients = InProcessPatientDirectory(lambda pid: store.read("Patient", pid),
+                                         IdentifierRule(f"type:{MR_TYPE}"))
 
     def factory(url: str) -> tornado.web.Application:
         ctx, cleanups = build_context(settings, url, authorizer=InProcessAuthorizer(introspector),
-                                      fhir_path="/imaging/fhir", dicomweb_path="/imaging/dicom-web")
+                                      patients=patients, fhir_path="/imaging/fhir",
+                                      dicomweb_path="/imaging/dicom-web")
         app = tornado.web.Application(broker_routes(ctx, discovery=False))
         app.settings[CLEANUP_KEY] = cleanups
         return app

@@ -2,8 +2,9 @@
 
 The stack (:mod:`servers.demo`) runs in this process; JupyterLab runs as a child process with the
 s4s_jupyter server extension enabled and configured for the stack's EHR, its root folder the tutorials
-(``notebooks/``). Kernels inherit ``S4S_EHR_URL`` (and the extension's ``S4S_JUPYTER_BASE_URL``), so a
-notebook connects with ``s4s.connect(os.environ["S4S_EHR_URL"])`` and signs in through the extension.
+(``notebooks/``). Kernels inherit ``S4S_EHR_URL``, ``S4S_URLS_FILE`` (the stack's URLs file, which the
+tutorials read) and the extension's ``S4S_JUPYTER_BASE_URL``, so a notebook connects with
+``s4s.connect(os.environ["S4S_EHR_URL"])`` and signs in through the extension.
 """
 
 from __future__ import annotations
@@ -137,7 +138,10 @@ def run(args: argparse.Namespace, loop: ServerLoop) -> dict[str, Any]:
     data_dir = Path(args.data_dir).resolve()
     root = Path(args.notebooks).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    lab = start_lab(urls, config_dir=data_dir / "jupyter", root_dir=root, host=args.host, port=args.lab_port)
+    # the tutorials read the stack's URLs file (S4S_URLS_FILE; written by the CLI when this returns)
+    env = {"S4S_URLS_FILE": str(Path(args.urls_file).resolve())} if getattr(args, "urls_file", None) else {}
+    lab = start_lab(urls, config_dir=data_dir / "jupyter", root_dir=root, host=args.host, port=args.lab_port,
+                    env=env)
     atexit.register(lab.stop)
     print(banner(urls, lab), flush=True)
     return {**urls, "jupyterlab": lab.url}

@@ -59,6 +59,14 @@ def test_lab_command_starts_stack_and_jupyterlab_and_the_extension_logs_in(tmp_p
         user = urls["users"][0]
         assert f"username {user['username']}" in banner and user["password"] in banner
 
+        # JupyterLab's environment, which its kernels inherit: the EHR and the URLs file the tutorials read
+        server = json.loads(next((tmp_path / "jruntime").glob("jpserver-*.json")).read_text())
+        assert server["port"] == port
+        environ = dict(item.split("=", 1) for item in
+                       Path(f"/proc/{server['pid']}/environ").read_text().split("\0") if "=" in item)
+        assert environ["S4S_EHR_URL"] == urls["ehr_fhir"]
+        assert environ["S4S_URLS_FILE"] == str((tmp_path / "urls.json").resolve())
+
         with httpx.Client(timeout=30) as browser:
             status = browser.get(f"{lab}s4s/api/status", headers={"Authorization": f"token {token}"})
             assert status.status_code == 200

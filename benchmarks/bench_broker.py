@@ -11,7 +11,8 @@ What runs where (every role a real server on loopback):
 
 One study of ``--study-mb`` megabytes (512x512 CT slices, 4 series) is generated from the demo plan
 into the PACS's store (kept in ``--data-dir`` and reused by later runs). Each round retrieves the whole
-study straight from the PACS, then through the broker with a real access token from the EHR's launch;
+study straight from the PACS and through the broker (a real access token from the EHR's launch), in
+ABBA order;
 the ratio of median throughputs is printed (target >= 0.90), along with the broker's resident memory
 sampled every 0.1 s while it streams (flat: it must not grow with the study).
 """
@@ -84,7 +85,7 @@ def retrieve(url: str, headers: dict[str, str]) -> tuple[int, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--study-mb", type=int, default=2048, help="size of the study (default 2048 MB)")
-    ap.add_argument("--rounds", type=int, default=3, help="retrieves per path (default 3)")
+    ap.add_argument("--rounds", type=int, default=5, help="retrieves per path (default 5)")
     ap.add_argument("--data-dir", help="where the generated PACS store is kept (default: a temporary folder)")
     args = ap.parse_args()
     quiet_httpx()
@@ -159,21 +160,24 @@ def main() -> None:
         idle_rss = broker_ps.memory_info().rss
         direct: list[float] = []
         through: list[float] = []
-        size = 0
+        size = size_b = 0
         for n in range(args.rounds):
-            c0 = cpu()
-            size, seconds = retrieve(direct_url, {})
-            c1 = cpu()
-            direct.append(size / seconds / 1e6)
-            sampling.set()
-            size_b, seconds = retrieve(broker_url, auth)
-            sampling.clear()
-            c2 = cpu()
-            for i in range(3):
-                cpu_direct[i] += c1[i] - c0[i]
-                cpu_broker[i] += c2[i] - c1[i]
+            # ABBA order (direct first in even rounds, the broker first in odd ones) so that drifting
+            # background load does not favour one path
+            for path in (("direct", "broker") if n % 2 == 0 else ("broker", "direct")):
+                c0 = cpu()
+                if path == "direct":
+                    size, seconds = retrieve(direct_url, {})
+                    direct.append(size / seconds / 1e6)
+                else:
+                    sampling.set()
+                    size_b, seconds = retrieve(broker_url, auth)
+                    sampling.clear()
+                    through.append(size_b / seconds / 1e6)
+                c1 = cpu()
+                for i in range(3):
+                    (cpu_direct if path == "direct" else cpu_broker)[i] += c1[i] - c0[i]
             assert size_b == size, (size_b, size)
-            through.append(size / seconds / 1e6)
             print(f"round {n + 1}: direct {direct[-1]:7.1f} MB/s   broker {through[-1]:7.1f} MB/s")
         stop.set()
         sampler.join()

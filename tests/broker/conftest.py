@@ -36,7 +36,6 @@ from servers.pacs.seed import seed
 from servers.pacs.settings import PACSSettings
 from servers.runtime import ServerLoop
 from tests.broker.launch import SCOPE, launch
-from tests.support.fixtures import orthanc  # noqa: F401  (the Orthanc reference fixture)
 
 SECRETS = {BROKER_CLIENT_ID: "broker-secret-for-tests-0123456789",
            INTROSPECTION_CLIENT_ID: "introspection-secret-for-tests-0123"}

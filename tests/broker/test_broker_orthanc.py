@@ -20,12 +20,18 @@ pytestmark = pytest.mark.orthanc
 
 
 @pytest.fixture(scope="module")
+def orthanc() -> Iterator[OrthancServer]:
+    """An Orthanc of this module's own (the session one may hold another data set with the same
+    PatientIDs), from the project's harness."""
+    with OrthancServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
 def orthanc_broker(stack: Stack, orthanc: OrthancServer) -> Iterator[str]:
-    orthanc.clear()
     orthanc.load(data for _, data in iter_plan(stack.plan))
     url, _ = stack.start_broker(orthanc.dicomweb_url)
     yield url
-    orthanc.clear()
 
 
 def test_fhir_search_built_from_orthancs_qido(stack: Stack, orthanc_broker: str) -> None:

@@ -19,6 +19,9 @@ class PACSSettings:
     - ``read_chunk_bytes``: chunk size when streaming stored files (large chunks: fewer syscalls/flushes).
     - ``workers``: threads for blocking work (SQLite, file I/O, pixel rendering).
     - ``fsync``: fsync each stored file and its folder before indexing it (crash safety; tests keep it on).
+    - ``sendfile_min_bytes``: stored files at least this large are sent with ``sendfile(2)`` (no copy
+      through Python) when the answer's length is known; smaller ones are read and sent in blocks.
+      ``None`` turns zero-copy sending off.
     """
 
     data_dir: Path
@@ -27,3 +30,4 @@ class PACSSettings:
     read_chunk_bytes: int = 1024 * 1024
     workers: int = 8
     fsync: bool = True
+    sendfile_min_bytes: int | None = 64 * 1024

@@ -58,31 +58,36 @@ def known_length(segments: list[Segment]) -> int | None:
 def iter_blocks(segments: list[Segment], block: int) -> Generator[bytes, None, None]:
     """Produce the segments' bytes in blocks of about ``block`` bytes (small pieces are coalesced, large
     files are read in ``block``-sized reads). Blocking: run each ``next()`` in a worker thread."""
-    buf = bytearray()
+    pieces: list[bytes] = []  # small pieces waiting to be sent together
+    pending = 0
     for seg in segments:
-        if isinstance(seg, bytes):
-            buf += seg
-        elif isinstance(seg, FileRange):
+        if isinstance(seg, FileRange):
             with open(seg.path, "rb", buffering=0) as f:
                 f.seek(seg.offset)
                 left = seg.length
                 while left > 0:
-                    want = min(left, max(block - len(buf), 65536))
-                    data = f.read(want)
+                    data = f.read(min(left, block))
                     if not data:
                         raise OSError(f"stored file {seg.path.name} is shorter than indexed")
-                    buf += data
                     left -= len(data)
-                    if len(buf) >= block:
-                        yield bytes(buf)
-                        buf.clear()
-        else:
-            buf += seg()
-        if len(buf) >= block:
-            yield bytes(buf)
-            buf.clear()
-    if buf:
-        yield bytes(buf)
+                    if pending + len(data) >= block and pieces:
+                        pieces.append(data)
+                        yield b"".join(pieces)
+                        pieces, pending = [], 0
+                    elif len(data) >= block:
+                        yield data  # large reads go out as they are, without a copy
+                    else:
+                        pieces.append(data)
+                        pending += len(data)
+            continue
+        data = seg if isinstance(seg, bytes) else seg()
+        pieces.append(data)
+        pending += len(data)
+        if pending >= block:
+            yield b"".join(pieces)
+            pieces, pending = [], 0
+    if pieces:
+        yield b"".join(pieces)
 
 
 def transcode(path: Path, syntax: str) -> bytes:

@@ -47,11 +47,14 @@ def variants(plan_files: dict[str, bytes]) -> dict[str, bytes]:
     return {"implicit": _bytes(implicit, implicit=True), "rle": _bytes(rle), "multi": _bytes(multi)}
 
 
-@pytest.fixture(scope="module")
-def wado_pacs(server_loop: ServerLoop, tmp_path_factory: pytest.TempPathFactory,
-              plan_files: dict[str, bytes], variants: dict[str, bytes]) -> Iterator[PACS]:
-    p = start_pacs(server_loop, PACSSettings(data_dir=tmp_path_factory.mktemp("wado") / "pacs",
-                                             read_chunk_bytes=64 * 1024))
+@pytest.fixture(scope="module", params=["blocks", "sendfile"])
+def wado_pacs(request: pytest.FixtureRequest, server_loop: ServerLoop,
+              tmp_path_factory: pytest.TempPathFactory, plan_files: dict[str, bytes],
+              variants: dict[str, bytes]) -> Iterator[PACS]:
+    """Stored files sent in small blocks read in the pool, or every one with sendfile(2)."""
+    p = start_pacs(server_loop, PACSSettings(
+        data_dir=tmp_path_factory.mktemp("wado") / "pacs", read_chunk_bytes=4096,
+        sendfile_min_bytes=1 if request.param == "sendfile" else None))
     assert p.stow(list(plan_files.values())).status_code == 200
     assert p.stow(list(variants.values())).status_code == 200
     yield p

@@ -71,7 +71,8 @@ def start_role(args: list[str], work: Path, name: str) -> tuple[subprocess.Popen
     return proc, json.loads(urls.read_text())
 
 
-def retrieve(url: str, headers: dict[str, str]) -> tuple[int, float]:
+def retrieve(url: str, headers: dict[str, str], mbps: float = 0.0) -> tuple[int, float]:
+    """GET the whole study, discarding it; ``mbps`` > 0 reads no faster than that (a slow client)."""
     start = time.perf_counter()
     size = 0
     accept = {"Accept": 'multipart/related; type="application/dicom"'}
@@ -79,6 +80,10 @@ def retrieve(url: str, headers: dict[str, str]) -> tuple[int, float]:
         r.raise_for_status()
         for chunk in r.iter_raw(1024 * 1024):
             size += len(chunk)
+            if mbps:
+                ahead = size / (mbps * 1e6) - (time.perf_counter() - start)
+                if ahead > 0:
+                    time.sleep(ahead)
     return size, time.perf_counter() - start
 
 
@@ -86,6 +91,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--study-mb", type=int, default=2048, help="size of the study (default 2048 MB)")
     ap.add_argument("--rounds", type=int, default=5, help="retrieves per path (default 5)")
+    ap.add_argument("--slow-client-mbps", type=float, default=100.0,
+                    help="then one more retrieve through the broker by a client reading this slowly, to "
+                         "show back-pressure keeps the broker's memory flat (0: skip; default 100)")
     ap.add_argument("--data-dir", help="where the generated PACS store is kept (default: a temporary folder)")
     args = ap.parse_args()
     quiet_httpx()
@@ -161,6 +169,7 @@ def main() -> None:
         direct: list[float] = []
         through: list[float] = []
         size = size_b = 0
+        broker_peaks: list[int] = []
         for n in range(args.rounds):
             # ABBA order (direct first in even rounds, the broker first in odd ones) so that drifting
             # background load does not favour one path
@@ -170,20 +179,29 @@ def main() -> None:
                     size, seconds = retrieve(direct_url, {})
                     direct.append(size / seconds / 1e6)
                 else:
+                    samples.clear()
                     sampling.set()
                     size_b, seconds = retrieve(broker_url, auth)
                     sampling.clear()
+                    broker_peaks.append(max(samples) if samples else idle_rss)
                     through.append(size_b / seconds / 1e6)
                 c1 = cpu()
                 for i in range(3):
                     (cpu_direct if path == "direct" else cpu_broker)[i] += c1[i] - c0[i]
             assert size_b == size, (size_b, size)
             print(f"round {n + 1}: direct {direct[-1]:7.1f} MB/s   broker {through[-1]:7.1f} MB/s")
+        slow_peak = 0
+        if args.slow_client_mbps:
+            samples.clear()
+            sampling.set()
+            slow_size, slow_seconds = retrieve(broker_url, auth, args.slow_client_mbps)
+            sampling.clear()
+            slow_peak = max(samples) if samples else 0
         stop.set()
         sampler.join()
         ratio = statistics.median(through) / statistics.median(direct)
         best_ratio = max(through) / max(direct)
-        peak = max(samples) if samples else idle_rss
+        peak = max(broker_peaks) if broker_peaks else idle_rss
         print(f"\nwhole-study retrieve, {size / 1e6:.0f} MB, median of {args.rounds}:")
         print(f"  straight from the PACS  {statistics.median(direct):7.1f} MB/s")
         print(f"  through the broker      {statistics.median(through):7.1f} MB/s")
@@ -196,7 +214,11 @@ def main() -> None:
               + " / ".join(f"{c / gb:.2f}" for c in cpu_broker) + f" ({os.cpu_count()} CPUs)")
         print(f"broker RSS: idle {idle_rss / 2**20:.0f} MiB, peak while streaming {peak / 2**20:.0f} MiB "
               f"(+{(peak - idle_rss) / 2**20:.0f} MiB for a {size / 2**20:.0f} MiB study, "
-              f"{len(samples)} samples)")
+              f"{len(samples)} samples in the last)")
+        if args.slow_client_mbps:
+            print(f"broker RSS with a client reading at {args.slow_client_mbps:.0f} MB/s "
+                  f"({slow_size / slow_seconds / 1e6:.0f} MB/s achieved): peak {slow_peak / 2**20:.0f} MiB "
+                  f"(+{(slow_peak - idle_rss) / 2**20:.0f} MiB over idle)")
     finally:
         for p in procs:
             p.terminate()

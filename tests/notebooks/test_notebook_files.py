@@ -25,6 +25,7 @@ LEAKS = {
     "port": re.compile(r"(127\.0\.0\.1|localhost|\[::1\]):\d+"),
     "temporary path": re.compile(r"/tmp/|/var/folders/|s4s-notebooks-"),
     "checkout path": re.compile(re.escape(str(ROOT))),
+    "home path": re.compile(r"(?<![\w.])/(home|root|Users)/"),
     "bearer token": re.compile(r"Bearer\s+[A-Za-z0-9._~+/-]{16,}"),
     "token field": re.compile(
         r"(access_token|refresh_token|id_token|client_secret)[\"']?\s*[:=]\s*[\"']?\w{8,}"),
@@ -108,6 +109,7 @@ def test_each_notebook_finds_the_stack_the_documented_way(name: str) -> None:
 def test_leak_patterns_catch_what_they_are_for() -> None:
     """The patterns above are the whole check: make sure they match what they must, and not UIDs."""
     assert LEAKS["port"].search("http://127.0.0.1:41335/dicom-web")
+    assert LEAKS["home path"].search("'/home/ana/.local/share/jupyter/s4s_jupyter/tokens.json'")
     assert LEAKS["bearer token"].search("Authorization: Bearer kY3n0pQ_rT5vW8xZ1aB4cD6eF9gH2iJ")
     assert TOKEN_LIKE.search("token kY3n0pQ_rT5vW8xZ1aB4cD6eF9gH2iJ7kL0mN")
     assert not TOKEN_LIKE.search("1.2.826.0.1.3680043.8.498.18288749914519244662210399895279707201")

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -24,7 +25,6 @@ from s4s_jupyter.client.tokens import TokenSet, TokenStore, store_key
 from s4s_jupyter.core.errors import ClientError, OAuthError
 
 if TYPE_CHECKING:
-    import os
     from datetime import date, datetime
     from pathlib import Path
 
@@ -340,23 +340,63 @@ class Session:
                         connections_per_host=self.connections_per_host)
 
 
-def connect(fhir_base: str, *, client_id: str = DEFAULT_CLIENT_ID, client_secret: str | None = None,
-            scopes: str = DEFAULT_SCOPES, imaging_base: str | None = None, login: bool = True,
+#: environment variables the Jupyter server extension exports for its kernels (``s4s_jupyter.serverext.app``)
+ENV_EHR_URL = "S4S_EHR_URL"
+ENV_CLIENT_ID = "S4S_CLIENT_ID"
+ENV_SCOPES = "S4S_SCOPES"
+ENV_IMAGING_URL = "S4S_IMAGING_URL"
+
+
+def _environment_defaults(fhir_base: str | None, client_id: str | None, scopes: str | None,
+                          imaging_base: str | None) -> tuple[str, str, str, str | None]:
+    """Fill what the caller left out from the environment the server extension exports.
+
+    The EHR defaults to ``$S4S_EHR_URL``. The client id, scopes and imaging server default to
+    ``$S4S_CLIENT_ID``, ``$S4S_SCOPES`` and ``$S4S_IMAGING_URL`` only for that same EHR (they describe the
+    extension's registration there, under which it stores the tokens this kernel should reuse), else to
+    the kit's own defaults.
+    """
+    env_ehr = os.environ.get(ENV_EHR_URL, "").strip().rstrip("/")
+    if fhir_base is None or not str(fhir_base).strip():
+        if not env_ehr:
+            raise ClientError("no EHR given: pass its FHIR base URL, connect('https://ehr.example/fhir'), or "
+                              f"set the environment variable {ENV_EHR_URL} (the Jupyter server extension "
+                              "sets it for its kernels)", status=400)
+        fhir_base = env_ehr
+    same_ehr = bool(env_ehr) and fhir_base.strip().rstrip("/") == env_ehr
+
+    def env(name: str) -> str | None:
+        value = os.environ.get(name, "").strip() if same_ehr else ""
+        return value or None
+
+    return (fhir_base, client_id or env(ENV_CLIENT_ID) or DEFAULT_CLIENT_ID,
+            scopes or env(ENV_SCOPES) or DEFAULT_SCOPES, imaging_base or env(ENV_IMAGING_URL))
+
+
+def connect(fhir_base: str | None = None, *, client_id: str | None = None, client_secret: str | None = None,
+            scopes: str | None = None, imaging_base: str | None = None, login: bool = True,
             browser: launch.Browser | None = None, receiver: launch.RedirectReceiver | None = None,
             token_store: TokenStore | str | os.PathLike[str] | bool | None = True,
             timeout: float = 60.0,
             connections_per_host: int = 4) -> Session:
     """Connect to a SMART on FHIR EHR and log in (unless stored tokens still work).
 
-    - ``fhir_base``: the EHR's FHIR base URL; its ``.well-known/smart-configuration`` is read.
+    - ``fhir_base``: the EHR's FHIR base URL; its ``.well-known/smart-configuration`` is read. None:
+      ``$S4S_EHR_URL`` (set by the Jupyter server extension for its kernels); a :class:`ClientError` if
+      neither is there.
     - ``client_id`` / ``client_secret``: the app's registration (public client by default, with PKCE).
-    - ``scopes``: :data:`DEFAULT_SCOPES` (the patient's records, identity, offline access).
-    - ``imaging_base``: the imaging server's FHIR base; default from ``associated_endpoints``.
+      None: ``$S4S_CLIENT_ID`` when connecting to ``$S4S_EHR_URL``, else :data:`DEFAULT_CLIENT_ID`.
+    - ``scopes``: None means ``$S4S_SCOPES`` (for ``$S4S_EHR_URL``), else :data:`DEFAULT_SCOPES` (the
+      patient's records, identity, offline access).
+    - ``imaging_base``: the imaging server's FHIR base; None means ``$S4S_IMAGING_URL`` (for
+      ``$S4S_EHR_URL``), else the EHR's ``associated_endpoints``.
     - ``login``: False to skip the login (call :meth:`Session.login` later).
     - ``browser`` / ``receiver``: see :meth:`Session.login`.
-    - ``token_store``: True for the default file under the Jupyter data directory, a path or
-      :class:`TokenStore`, or False/None to keep tokens in memory only.
+    - ``token_store``: True for the default file (``$S4S_TOKEN_STORE``, else under the Jupyter data
+      directory), a path or :class:`TokenStore`, or False/None to keep tokens in memory only.
     """
+    fhir_base, client_id, scopes, imaging_base = _environment_defaults(fhir_base, client_id, scopes,
+                                                                       imaging_base)
     store: TokenStore | None
     if token_store is True:
         store = TokenStore()

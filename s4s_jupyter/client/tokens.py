@@ -97,11 +97,23 @@ class TokenSet:
         return tuple(self.scope.split())
 
 
+#: the environment variable naming the token store file; the Jupyter server extension
+#: (``s4s_jupyter.serverext.app.ENV_TOKEN_STORE``) exports it for the kernels it starts
+ENV_TOKEN_STORE = "S4S_TOKEN_STORE"
+
+
 def default_token_path() -> Path:
     """``{jupyter_data_dir}/s4s_jupyter/tokens.json`` (``jupyter --data-dir``; honours JUPYTER_DATA_DIR)."""
     from jupyter_core.paths import jupyter_data_dir
 
     return Path(jupyter_data_dir()) / "s4s_jupyter" / "tokens.json"
+
+
+def token_store_path() -> Path:
+    """Where :class:`TokenStore` keeps tokens by default: ``$S4S_TOKEN_STORE`` when set (the server
+    extension's store, shared with its kernels), else :func:`default_token_path`."""
+    named = os.environ.get(ENV_TOKEN_STORE, "").strip()
+    return Path(named).expanduser() if named else default_token_path()
 
 
 def store_key(fhir_base: str, client_id: str) -> str:
@@ -112,11 +124,11 @@ def store_key(fhir_base: str, client_id: str) -> str:
 class TokenStore:
     """Token sets in a JSON file of mode 0600 (its folder 0700), written atomically.
 
-    ``path`` None means :func:`default_token_path`.
+    ``path`` None means :func:`token_store_path`: ``$S4S_TOKEN_STORE``, else :func:`default_token_path`.
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
-        self.path = Path(path) if path is not None else default_token_path()
+        self.path = Path(path) if path is not None else token_store_path()
 
     def get(self, key: str) -> TokenSet | None:
         entry = self._read().get(key)

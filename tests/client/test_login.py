@@ -187,3 +187,41 @@ def test_expired_token_without_refresh_asks_for_login(stack: dict[str, Any]) -> 
         assert not ehr.logged_in
         with pytest.raises(LoginRequired):
             ehr.labs()
+
+
+def test_connect_without_arguments_uses_the_extensions_environment(stack: dict[str, Any], tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kernel started by the server extension: S4S_EHR_URL, S4S_TOKEN_STORE, S4S_SCOPES decide."""
+    maya = user(stack, "maya1")
+    store = tmp_path / "shared" / "tokens.json"
+    monkeypatch.setenv("S4S_EHR_URL", stack["ehr_fhir"] + "/")
+    monkeypatch.setenv("S4S_TOKEN_STORE", str(store))
+    monkeypatch.setenv("S4S_SCOPES", "launch/patient offline_access patient/*.rs")
+    monkeypatch.delenv("S4S_CLIENT_ID", raising=False)
+    monkeypatch.delenv("S4S_IMAGING_URL", raising=False)
+    with s4s.connect(browser=s4s.FormLogin(maya["username"], maya["password"])) as ehr:
+        assert ehr.fhir_base == stack["ehr_fhir"] and ehr.client.client_id == "s4s-jupyter"
+        assert ehr.token_store is not None and ehr.token_store.path == store
+        assert set(ehr.tokens.tokens.scopes) == {"launch/patient", "offline_access",  # type: ignore[union-attr]
+                                                 "patient/*.rs"}
+        assert len(ehr.labs()) > 0
+    stored = TokenStore(store).get(store_key(stack["ehr_fhir"], "s4s-jupyter"))
+    assert stored is not None and stored.patient == ehr.patient
+    # the next kernel finds them there, without a login
+    with s4s.connect(browser=no_browser) as again:
+        assert again.patient == stored.patient
+    # the client id comes from the environment for that EHR (the extension's registration)...
+    monkeypatch.setenv("S4S_CLIENT_ID", "the-extensions-app")
+    monkeypatch.setenv("S4S_IMAGING_URL", stack["broker_fhir"])
+    with s4s.connect(login=False) as ehr:
+        assert ehr.client.client_id == "the-extensions-app" and ehr.imaging_base == stack["broker_fhir"]
+    # ...and an explicit argument wins
+    with s4s.connect(stack["ehr_fhir"], client_id="s4s-jupyter", scopes="patient/*.rs", login=False) as ehr:
+        assert ehr.client.client_id == "s4s-jupyter" and ehr.scopes == "patient/*.rs"
+
+
+def test_connect_without_an_ehr_says_how_to_name_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("S4S_EHR_URL", raising=False)
+    with pytest.raises(ClientError, match="S4S_EHR_URL") as info:
+        s4s.connect()
+    assert info.value.status == 400

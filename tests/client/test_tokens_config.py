@@ -104,6 +104,7 @@ def test_token_store_is_private_atomic_and_keyed_by_ehr_and_client(token_file: P
 def test_default_token_path_is_under_the_jupyter_data_dir(tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "jd"))
+    monkeypatch.delenv("S4S_TOKEN_STORE", raising=False)
     assert TokenStore().path == tmp_path / "jd" / "s4s_jupyter" / "tokens.json"
 
 
@@ -158,3 +159,16 @@ def test_without_a_display_the_authorize_url_is_shown(monkeypatch: pytest.Monkey
     default_browser("https://ehr.example/auth/authorize?x=2")
     assert opened == ["https://ehr.example/auth/authorize?x=2"]
     assert "https://ehr.example/auth/authorize?x=2" in capsys.readouterr().out  # shown as well
+
+
+def test_token_store_path_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server extension exports S4S_TOKEN_STORE; a kernel's TokenStore() uses that file."""
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "jd"))
+    monkeypatch.setenv("S4S_TOKEN_STORE", str(tmp_path / "shared" / "tokens.json"))
+    store = TokenStore()
+    assert store.path == tmp_path / "shared" / "tokens.json"
+    store.put("k", TokenSet("AT"))
+    assert TokenStore(tmp_path / "shared" / "tokens.json").get("k") == TokenSet("AT")
+    assert not (tmp_path / "jd").exists()
+    monkeypatch.setenv("S4S_TOKEN_STORE", "")  # empty: as if unset
+    assert TokenStore().path == tmp_path / "jd" / "s4s_jupyter" / "tokens.json"

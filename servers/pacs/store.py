@@ -26,6 +26,7 @@ import sqlite3
 import threading
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -239,6 +240,7 @@ class Store:
         self._write_lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
+        self._io = ThreadPoolExecutor(4, thread_name_prefix="s4s-pacs-io")
         self._open()
 
     # -- lifecycle ------------------------------------------------------------------------------------
@@ -280,6 +282,7 @@ class Store:
         return conn
 
     def close(self) -> None:
+        self._io.shutdown(wait=True)
         with self._connections_lock:
             for conn in self._connections:
                 with contextlib.suppress(sqlite3.Error):
@@ -307,8 +310,12 @@ class Store:
         existing = self._existing(checked.sop_instance_uid)
         if existing is not None:
             return self._same_or_conflict(existing, sha, checked)
-        rows = self._rows(checked, sha, len(data))
-        self._write_file(sha, data)
+        # the file is written and fsynced in another thread while this one builds the index rows
+        written = self._io.submit(self._write_file, sha, data)
+        try:
+            rows = self._rows(checked, sha, len(data))
+        finally:
+            written.result()
         with self._write_lock:
             existing = self._existing(checked.sop_instance_uid)
             if existing is not None:  # a concurrent request stored it meanwhile

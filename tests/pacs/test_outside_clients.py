@@ -62,14 +62,16 @@ def test_dicomweb_client_stores_searches_and_retrieves(pacs: PACS, small_plan: D
 def test_demo_command_serves_the_demo_patients_and_stops_on_sigint(tmp_path: Path) -> None:
     urls_file = tmp_path / "urls.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "servers.cli", "--log-level", "WARNING", "demo", "--data-dir",
-         str(tmp_path / "data"), "--urls-file", str(urls_file)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    log = tmp_path / "demo.log"
+    with log.open("wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "servers.cli", "--log-level", "WARNING", "demo", "--data-dir",
+             str(tmp_path / "data"), "--urls-file", str(urls_file)],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log_file)
     try:
         deadline = time.monotonic() + 60
         while not urls_file.exists():
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert proc.poll() is None, log.read_text()
             assert time.monotonic() < deadline, "the demo did not write its URLs file"
             time.sleep(0.1)
         urls = json.loads(urls_file.read_text())

@@ -70,6 +70,7 @@ def test_a_killed_writer_leaves_a_consistent_store(tmp_path: Path, delay: float)
     child.send_signal(signal.SIGKILL)
     child.wait(timeout=30)
     assert child.stdout.read().strip() == b"", "the writer finished before it was killed"
+    child.stdout.close()
     stored = check_consistent(data_dir)
     assert 0 < stored < 2 * 2 * 2 * 40
 

@@ -293,8 +293,13 @@ class StudiesHandler(SearchMixin):
             return
         self._received += len(chunk)
         if self._received > self.ctx.settings.max_upload_bytes:
+            # a chunked body past the limit: answer now; Tornado discards the rest and then closes
             self._too_large = True
             self._part = []
+            exc = PayloadTooLarge(
+                f"the body exceeds the limit of {self.ctx.settings.max_upload_bytes} bytes; "
+                f"{len(self._tx.stored)} instance(s) completed before the limit were stored")
+            self.send_error(413, exc_info=(PayloadTooLarge, exc, None))
             return
         try:
             events = list(self._parser.feed(chunk))
@@ -339,8 +344,8 @@ class StudiesHandler(SearchMixin):
         if self._pending:
             await asyncio.gather(*self._pending)
             self._pending = set()
-        if self._too_large:
-            raise PayloadTooLarge(f"the body exceeds the limit of {self.ctx.settings.max_upload_bytes} bytes")
+        if self._finished:  # already answered (413 while the body was arriving)
+            return
         if self._malformed:
             raise DICOMwebError(f"malformed multipart/related body: {self._malformed}")
         assert self._parser is not None
@@ -352,7 +357,8 @@ class StudiesHandler(SearchMixin):
         if not tx.stored and not tx.failed:
             raise DICOMwebError("the multipart/related body holds no part")
         self.set_status(tx.status())
-        self.set_header("Warning", f'299 - "{tx.message()}"'.replace("\n", " ")[:1000])
+        summary = "".join(ch if " " <= ch <= "~" and ch != '"' else " " for ch in tx.message())[:1000]
+        self.set_header("Warning", f'299 - "{summary}"')
         body = json.dumps(tx.response(), separators=(",", ":"), ensure_ascii=False)
         body = body.replace(BASE, self.ctx.base_url)
         self.write_text(body, DICOM_JSON)

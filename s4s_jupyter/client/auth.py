@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from s4s_jupyter.client.tokens import TokenSet
+from s4s_jupyter.client.tokens import TokenSet, TokenStore
 from s4s_jupyter.core.errors import OAuthError
 
 if TYPE_CHECKING:
@@ -33,30 +33,71 @@ class LoginRequired(OAuthError):
 
 
 class TokenManager:
-    """The current token set, its refresh, and what to do with each new one (``on_change``: persist).
+    """The current token set, its refresh, and where it is kept (``store`` under ``key``).
 
     ``refresher(tokens) -> TokenSet`` calls the token endpoint; None means tokens cannot be refreshed.
+    ``on_change(tokens)`` is called with every token set this manager takes (set, refreshed or adopted).
+
+    With a shared ``store`` (one file for the Jupyter server extension and every kernel), token sets only
+    ever move forward: :meth:`adopt` takes a newer set another process wrote without writing it back, and
+    a refresh happens under the store's lock after looking at the store first, so a kernel that finds a
+    newer set there (another kernel or the extension refreshed already) uses it instead of spending its
+    own, possibly rotated-away, refresh token, and never writes an older set over a newer one.
     """
 
     def __init__(self, tokens: TokenSet | None, refresher: Callable[[TokenSet], TokenSet] | None,
                  on_change: Callable[[TokenSet | None], None] | None = None,
-                 margin: float = REFRESH_MARGIN) -> None:
+                 margin: float = REFRESH_MARGIN, *, store: TokenStore | None = None,
+                 key: str | None = None) -> None:
+        if store is not None and key is None:
+            raise ValueError("a token store needs the key the tokens are kept under")
         self._tokens = tokens
         self._refresher = refresher
         self._on_change = on_change
         self._margin = margin
+        self._store = store
+        self._key = key or ""
         self._lock = threading.RLock()
         self.refresh_count = 0
+        self.adopt_count = 0
 
     @property
     def tokens(self) -> TokenSet | None:
         return self._tokens
 
+    def _take(self, tokens: TokenSet | None) -> None:
+        self._tokens = tokens
+        if self._on_change:
+            self._on_change(tokens)
+
     def set(self, tokens: TokenSet | None) -> None:
+        """Take ``tokens`` (a login; None: a logout) and write them to the store, replacing what is there."""
         with self._lock:
-            self._tokens = tokens
-            if self._on_change:
-                self._on_change(tokens)
+            if self._store is not None:
+                self._store.update(self._key, lambda stored: tokens)
+            self._take(tokens)
+
+    def adopt(self, tokens: TokenSet | None) -> bool:
+        """Take over a token set found in the store (written by the server extension or another kernel)
+        without writing anything back. A set is taken only if it is newer than the current one
+        (:meth:`TokenSet.is_newer_than`), so a stale read can never replace a fresher login or refresh;
+        None (signed out elsewhere) is taken as it is. Returns whether the session's tokens changed."""
+        with self._lock:
+            current = self._tokens
+            if tokens is None:
+                if current is None:
+                    return False
+            elif current is not None and (tokens == current or not tokens.is_newer_than(current)):
+                return False
+            self.adopt_count += 1
+            self._take(tokens)
+            return True
+
+    def reload(self) -> bool:
+        """:meth:`adopt` the store's entry (no store: nothing to do). Returns whether the tokens changed."""
+        if self._store is None:
+            return False
+        return self.adopt(self._store.get(self._key))
 
     def access_token(self) -> str:
         """A current access token, refreshed first when it is about to expire."""
@@ -66,32 +107,56 @@ class TokenManager:
                 raise LoginRequired("not logged in: call login() first")
             if tokens.expires_within(self._margin):
                 if tokens.refresh_token and self._refresher:
-                    return self._refresh(tokens).access_token
+                    return self._refresh(tokens, None).access_token
                 if tokens.expires_within(0):
                     raise LoginRequired("the access token expired and cannot be refreshed; log in again")
             return tokens.access_token
 
     def refresh_after_rejection(self, rejected: str) -> str | None:
-        """After a 401 for ``rejected``: a new token (refreshing only if no other thread did already),
-        or None when refreshing is impossible."""
+        """After a 401 for ``rejected``: a new token (refreshing only if no other thread or process did
+        already), or None when refreshing is impossible."""
         with self._lock:
             tokens = self._tokens
             if tokens is None:
                 return None
             if tokens.access_token != rejected:
                 return tokens.access_token
-            if not tokens.refresh_token or not self._refresher:
+            if not self._refresher or not (tokens.refresh_token or self._store is not None):
                 return None
             try:
-                return self._refresh(tokens).access_token
+                return self._refresh(tokens, rejected).access_token
             except OAuthError:
                 return None
 
-    def _refresh(self, tokens: TokenSet) -> TokenSet:
+    def _refresh(self, tokens: TokenSet, rejected: str | None) -> TokenSet:
+        """A usable token set: a newer one from the store if another process refreshed already, else a
+        refresh (of the newest refresh token known), written to the store in the same locked step."""
         assert self._refresher is not None
-        new = self._refresher(tokens)
-        self.refresh_count += 1
-        self.set(new)
+        refresher = self._refresher
+        refreshed: list[TokenSet] = []
+
+        def decide(stored: TokenSet | None) -> TokenSet | None:
+            base = tokens
+            if stored is not None and stored.is_newer_than(tokens):
+                if stored.access_token != rejected and not stored.expires_within(self._margin):
+                    return stored  # someone else refreshed: use theirs, write nothing
+                base = stored  # theirs is newer but spent: refresh it (its refresh token is the live one)
+            if not base.refresh_token:
+                raise LoginRequired("the access token expired and cannot be refreshed; log in again")
+            refreshed.append(refresher(base))
+            return refreshed[0]
+
+        if self._store is None:
+            new = decide(None)
+            assert new is not None
+        else:
+            new = self._store.update(self._key, decide)
+            assert new is not None  # decide never deletes
+        if refreshed:
+            self.refresh_count += 1
+        else:
+            self.adopt_count += 1
+        self._take(new)
         return new
 
 

@@ -69,7 +69,7 @@ class Session:
         self.imaging_base = (imaging_base or self.config.imaging_endpoint or self.fhir_base).rstrip("/")
         key = store_key(self.fhir_base, client_id)
         stored = token_store.get(key) if token_store else None
-        self.tokens = TokenManager(stored, self._refresh, self._persist)
+        self.tokens = TokenManager(stored, self._refresh, store=token_store, key=key)
         self.auth = BearerAuth(self.tokens)
         self._http = httpx.Client(timeout=timeout, auth=self.auth)
         self.fhir = FHIRClient(self._http, self.fhir_base)
@@ -88,15 +88,6 @@ class Session:
 
     def _refresh(self, tokens: TokenSet) -> TokenSet:
         return launch.refresh_tokens(self._oauth_http, self.config, self.client, tokens)
-
-    def _persist(self, tokens: TokenSet | None) -> None:
-        if self.token_store is None:
-            return
-        key = store_key(self.fhir_base, self.client.client_id)
-        if tokens is None:
-            self.token_store.delete(key)
-        else:
-            self.token_store.put(key, tokens)
 
     @property
     def logged_in(self) -> bool:

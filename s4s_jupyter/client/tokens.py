@@ -18,7 +18,7 @@ import os
 import stat
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -35,8 +35,10 @@ _RESPONSE_FIELDS = {"access_token", "token_type", "expires_in", "scope", "refres
 class TokenSet:
     """An access token with what came with it (RFC 6749 5.1; SMART App Launch 2.x "launch context").
 
-    ``expires_at`` is seconds since the epoch (None: the server gave no ``expires_in``). Tokens are
-    hidden from ``repr`` so a notebook cell that shows the object does not leak them.
+    ``expires_at`` and ``issued_at`` are seconds since the epoch (``expires_at`` None: the server gave no
+    ``expires_in``; ``issued_at`` None: written by an older version). ``issued_at`` orders token sets of
+    the same login: a refresh gives a newer one (:meth:`is_newer_than`). Tokens are hidden from ``repr``
+    so a notebook cell that shows the object does not leak them.
     """
 
     access_token: str = field(repr=False)
@@ -48,6 +50,7 @@ class TokenSet:
     patient: str | None = None
     encounter: str | None = None
     context: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    issued_at: float | None = None
 
     @classmethod
     def from_response(cls, body: Mapping[str, Any], *, now: float | None = None,
@@ -73,6 +76,7 @@ class TokenSet:
             patient=body.get("patient") or (previous.patient if previous else None),
             encounter=body.get("encounter") or (previous.encounter if previous else None),
             context=context or (dict(previous.context) if previous else {}),
+            issued_at=issued,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -85,6 +89,17 @@ class TokenSet:
     def from_json(cls, body: Mapping[str, Any]) -> TokenSet:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in body.items() if k in names})
+
+    def is_newer_than(self, other: TokenSet | None) -> bool:
+        """Whether this token set was received after ``other`` (by ``issued_at``; by ``expires_at`` when
+        either lacks it). Anything is newer than None; a set is not newer than itself or an equal one."""
+        if other is None:
+            return True
+        if self.issued_at is not None and other.issued_at is not None:
+            return self.issued_at > other.issued_at
+        if self.expires_at is not None and other.expires_at is not None:
+            return self.expires_at > other.expires_at
+        return False
 
     def expires_within(self, seconds: float, *, now: float | None = None) -> bool:
         """Whether the access token expires in less than ``seconds`` (False when no expiry is known)."""
@@ -139,6 +154,28 @@ class TokenStore:
             data = self._read()
             data[key] = tokens.to_json()
             self._write(data)
+
+    def update(self, key: str, change: Callable[[TokenSet | None], TokenSet | None]) -> TokenSet | None:
+        """Compare-and-swap: under the file lock (other kernels and the server extension wait), read the
+        entry, call ``change(entry)`` and store what it returns (None deletes the entry; returning the
+        entry itself writes nothing). Returns what the entry is afterwards.
+
+        ``change`` decides on the entry as it is at that moment, so a token set read earlier can never
+        overwrite a newer one written in between by another process.
+        """
+        with self._locked():
+            data = self._read()
+            entry = data.get(key)
+            current = TokenSet.from_json(entry) if isinstance(entry, Mapping) else None
+            new = change(current)
+            if new is current:
+                return current
+            if new is None:
+                data.pop(key, None)
+            else:
+                data[key] = new.to_json()
+            self._write(data)
+            return new
 
     def delete(self, key: str) -> None:
         with self._locked():

@@ -186,7 +186,8 @@ class LoginWidget(w.VBox):
             current = self.tokens
             if (stored.to_json() if stored else None) == (current.to_json() if current else None):
                 return False
-            self.session.tokens.set(stored)
+            if not self.session.tokens.adopt(stored):  # only a newer set, never written back
+                return False
         self.message.value = ""
         self.render()
         return True

@@ -24,14 +24,14 @@ from dataclasses import dataclass
 from typing import cast
 from urllib.parse import unquote
 
-from tornado.iostream import StreamClosedError
+from tornado.iostream import IOStream, StreamClosedError
 
 from s4s_jupyter.core.errors import DICOMwebError
 from s4s_jupyter.core.scopes import Interaction
 from s4s_jupyter.core.uids import check_uid
 from servers.base import DICOMwebHandler
 from servers.broker.guard import GuardedMixin
-from servers.broker.upstream import QueryLevel, UpstreamBroken
+from servers.broker.upstream import QueryLevel, UpstreamBroken, ZeroCopyStream
 
 log = logging.getLogger("s4s.broker")
 
@@ -161,6 +161,11 @@ class DICOMwebProxyHandler(GuardedMixin, DICOMwebHandler):
                         self.set_header("Content-Location", new)
                 else:
                     self.set_header(name, value)
+            client = getattr(self.request.connection, "stream", None)
+            if (isinstance(answer, ZeroCopyStream) and answer.spliceable and type(client) is IOStream
+                    and self.request.version == "HTTP/1.1"):
+                await self._splice(answer, client)
+                return
             try:
                 await self.flush()  # the status line and headers go out as soon as the PACS sent its own
                 connection = self.request.connection
@@ -176,6 +181,24 @@ class DICOMwebProxyHandler(GuardedMixin, DICOMwebHandler):
                 self.finish_audit(499, "client went away")
                 self._auto_finish = False
                 return
+
+    async def _splice(self, answer: ZeroCopyStream, client: IOStream) -> None:
+        """The body moves from the PACS's socket to the client's with ``splice(2)`` (no copy through
+        Python). The connection closes after it (``Connection: close``): the body bypassed Tornado's
+        accounting, so it cannot be reused."""
+        self.set_header("Connection", "close")
+        try:
+            await self.flush()
+            await answer.splice_to(client.socket.fileno())
+        except UpstreamBroken as exc:
+            await self._break(str(exc))
+            return
+        except (OSError, StreamClosedError, TimeoutError):
+            self.finish_audit(499, "client went away")
+        else:
+            self.finish_audit(self.get_status())
+        self._auto_finish = False
+        self.request.connection.close()  # type: ignore[union-attr]
 
     async def _break(self, why: str) -> None:
         """End the answer as a broken transfer: what arrived goes out, then the connection closes

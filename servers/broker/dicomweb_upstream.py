@@ -75,6 +75,13 @@ class _Stream:
     def iter_bytes(self) -> AsyncIterator[memoryview]:
         return self.response.iter_bytes()
 
+    @property
+    def spliceable(self) -> bool:
+        return self.response.spliceable
+
+    async def splice_to(self, fd: int) -> int:
+        return await self.response.splice_to(fd)
+
 
 class DICOMwebUpstream:
     """A DICOMweb PACS at ``base_url`` (its ``.../dicom-web`` base)."""

@@ -15,11 +15,20 @@ PACS is read no faster than the client takes the data (memory stays flat). Bodie
 Content-Length, chunked transfer coding (RFC 9112 7.1) or connection close are understood; a body that
 ends early raises :class:`~servers.broker.upstream.UpstreamBroken`. Every wait (connect, headers,
 next chunk) is bounded by the idle timeout. One connection per retrieve (``Connection: close``).
+
+Zero copy where possible: over plain HTTP the head is read from the socket itself (``MSG_PEEK``, then
+exactly the head is consumed), so when the answer has a Content-Length its body can be moved to the
+client's socket with Linux ``splice(2)`` through a pipe (:meth:`StreamedResponse.splice_to`), without
+passing through Python at all; the caller decides whether its client connection allows that.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
+import os
+import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from typing import Any, TypeVar
@@ -34,14 +43,18 @@ from servers.broker.upstream import UpstreamBroken
 
 T = TypeVar("T")
 MAX_HEADER_BYTES = 256 * 1024
+SPLICE = hasattr(os, "splice")
+F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ (Linux), not exported by every Python build
+PIPE_BYTES = 1024 * 1024
 
 
 class StreamedResponse:
     """An answer whose body is read with :meth:`iter_bytes`; :meth:`close` drops the connection."""
 
     def __init__(self, stream: IOStream, start: httputil.ResponseStartLine, headers: httputil.HTTPHeaders,
-                 idle_timeout: float, chunk_size: int) -> None:
+                 idle_timeout: float, chunk_size: int, raw: socket.socket | None = None) -> None:
         self._stream = stream
+        self._raw = raw
         self.status = start.code
         self.reason = start.reason
         self.headers = headers
@@ -117,11 +130,79 @@ class StreamedResponse:
                     return
                 yield view[:n]
 
+    @property
+    def spliceable(self) -> bool:
+        """Whether :meth:`splice_to` can move the body: a plain socket, a Content-Length, Linux."""
+        return (SPLICE and self._raw is not None and "Content-Length" in self.headers
+                and not _chunked(self.headers) and self.status not in (204, 304))
+
+    async def _ready(self, add: Any, remove: Any, fd: int) -> None:
+        future: asyncio.Future[None] = self._loop.create_future()
+        add(fd, _wake, future)
+        timer = self._loop.call_later(self.idle_timeout, _expire, future)  # cheaper than wait_for's task
+        try:
+            await future
+        finally:
+            timer.cancel()
+            remove(fd)
+
+    async def splice_to(self, fd: int) -> int:
+        """Move the whole body to the (non-blocking) socket ``fd`` with ``splice(2)``; returns the bytes
+        moved. Raises :class:`UpstreamBroken` when the PACS stops early or stalls, ``OSError`` when the
+        client side fails."""
+        assert self._raw is not None
+        up = self._raw.fileno()
+        remaining = int(self.headers["Content-Length"])
+        moved = 0
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        flags = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+        try:
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(w, F_SETPIPE_SZ, PIPE_BYTES)
+            while remaining > 0:
+                try:
+                    n = os.splice(up, w, min(remaining, PIPE_BYTES), flags=flags)
+                except BlockingIOError:
+                    try:
+                        await self._ready(self._loop.add_reader, self._loop.remove_reader, up)
+                    except TimeoutError:
+                        raise UpstreamBroken("the PACS stopped sending mid-answer") from None
+                    continue
+                except OSError:
+                    raise UpstreamBroken("the PACS answer broke off") from None
+                if n == 0:
+                    raise UpstreamBroken("the PACS answer broke off")
+                remaining -= n
+                while n > 0:
+                    try:
+                        m = os.splice(r, fd, n, flags=flags)
+                    except BlockingIOError:
+                        await self._ready(self._loop.add_writer, self._loop.remove_writer, fd)
+                        continue
+                    n -= m
+                    moved += m
+            return moved
+        finally:
+            os.close(r)
+            os.close(w)
+
     def close(self) -> None:
+        if self._raw is not None:
+            self._raw.close()
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
         self._stream.close()
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _expire(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
 
 
 def _chunked(headers: httputil.HTTPHeaders) -> bool:
@@ -148,6 +229,12 @@ async def open_get(url: str, headers: Mapping[str, str], *, timeout: float,
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UpstreamError(f"unsupported upstream URL scheme {parts.scheme!r}")
     port = parts.port or (443 if parts.scheme == "https" else 80)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    lines = [f"GET {target} HTTP/1.1", f"Host: {parts.netloc}", "Connection: close",
+             *(f"{k}: {v}" for k, v in headers.items())]
+    request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    if parts.scheme == "http" and SPLICE:
+        return await _open_raw(parts.hostname, port, request, timeout, chunk_size)
     ssl_options = ssl.create_default_context() if parts.scheme == "https" else None
     try:
         stream: Any = await asyncio.wait_for(
@@ -157,11 +244,8 @@ async def open_get(url: str, headers: Mapping[str, str], *, timeout: float,
     except (OSError, StreamClosedError) as exc:
         raise UpstreamError(f"the PACS cannot be reached ({type(exc).__name__})") from None
     stream.read_chunk_size = chunk_size
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    lines = [f"GET {target} HTTP/1.1", f"Host: {parts.netloc}", "Connection: close",
-             *(f"{k}: {v}" for k, v in headers.items())]
     try:
-        await stream.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        await stream.write(request)
         head = await asyncio.wait_for(stream.read_until_regex(b"\r?\n\r?\n", max_bytes=MAX_HEADER_BYTES),
                                       timeout)
     except TimeoutError:
@@ -170,6 +254,11 @@ async def open_get(url: str, headers: Mapping[str, str], *, timeout: float,
     except (StreamClosedError, OSError):
         stream.close()
         raise UpstreamError("the PACS closed the connection or answered garbage") from None
+    start, response_headers = _parse_head(head, stream.close)
+    return StreamedResponse(stream, start, response_headers, timeout, chunk_size)
+
+
+def _parse_head(head: bytes, close: Any) -> tuple[httputil.ResponseStartLine, httputil.HTTPHeaders]:
     try:
         text = head.decode("latin-1")
         eol = text.find("\n")
@@ -177,6 +266,59 @@ async def open_get(url: str, headers: Mapping[str, str], *, timeout: float,
         response_headers = httputil.HTTPHeaders.parse(text[eol:])
         _content_length(response_headers)
     except (httputil.HTTPInputError, ValueError, UpstreamError):
-        stream.close()
+        close()
         raise UpstreamError("the PACS answered something that is not HTTP") from None
-    return StreamedResponse(stream, start, response_headers, timeout, chunk_size)
+    return start, response_headers
+
+
+async def _open_raw(host: str, port: int, request: bytes, timeout: float,
+                    chunk_size: int) -> StreamedResponse:
+    """Plain HTTP on a socket of our own: the head is peeked and exactly it consumed, so the body is
+    still in the socket for ``splice``; otherwise the socket is handed to a Tornado ``IOStream``."""
+    loop = asyncio.get_running_loop()
+    sock: socket.socket | None = None
+    try:
+        infos = await asyncio.wait_for(loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), timeout)
+        family, kind, proto, _, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setblocking(False)
+        await asyncio.wait_for(loop.sock_connect(sock, address), timeout)
+        await asyncio.wait_for(loop.sock_sendall(sock, request), timeout)
+        head = await asyncio.wait_for(_peek_head(loop, sock), timeout)
+    except TimeoutError:
+        if sock is not None:
+            sock.close()
+        raise UpstreamError("the PACS timed out", status=504) from None
+    except OSError as exc:
+        if sock is not None:
+            sock.close()
+        raise UpstreamError(f"the PACS cannot be reached or answered garbage ({type(exc).__name__})"
+                            ) from None
+    assert sock is not None
+    start, response_headers = _parse_head(head, sock.close)
+    stream = IOStream(sock)
+    stream.read_chunk_size = chunk_size
+    return StreamedResponse(stream, start, response_headers, timeout, chunk_size, raw=sock)
+
+
+async def _peek_head(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> bytes:
+    """Wait for the whole head in the socket's buffer (MSG_PEEK), then consume exactly it."""
+    pause = 0.0005
+    while True:
+        ready: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(sock.fileno(), _wake, ready)
+        try:
+            await ready
+        finally:
+            loop.remove_reader(sock.fileno())
+        data = sock.recv(MAX_HEADER_BYTES, socket.MSG_PEEK)
+        if not data:
+            raise ConnectionResetError("closed before the head")
+        for sep in (b"\r\n\r\n", b"\n\n"):
+            end = data.find(sep)
+            if end >= 0:
+                return sock.recv(end + len(sep))
+        if len(data) >= MAX_HEADER_BYTES:
+            raise ConnectionResetError("head too large")
+        await asyncio.sleep(pause)  # the head is incomplete: the socket stays readable, so do not spin
+        pause = min(pause * 2, 0.05)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from s4s_jupyter.core.errors import UpstreamError
 
@@ -41,6 +41,17 @@ class UpstreamStream(Protocol):
     headers: Mapping[str, str]
 
     def iter_bytes(self) -> AsyncIterator[bytes | memoryview]: ...
+
+
+@runtime_checkable
+class ZeroCopyStream(Protocol):
+    """An :class:`UpstreamStream` that can also move its body to a socket without copying it
+    (Linux ``splice``); ``spliceable`` says whether this answer can."""
+
+    @property
+    def spliceable(self) -> bool: ...
+
+    async def splice_to(self, fd: int) -> int: ...
 
 
 class Upstream(Protocol):

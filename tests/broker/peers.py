@@ -57,11 +57,11 @@ class _Relay(tornado.web.RequestHandler):
                 self.set_header(k, v)
         body = r.content
         if self.mode.startswith("cut") and is_retrieve and r.status_code == 200:
-            if self.mode == "cut-length":
+            if self.mode.startswith("cut-length"):
                 self.set_header("Content-Length", str(len(body)))
             self.write(body[: len(body) // 2])
             await self.flush()
-            await asyncio.sleep(3.0 if self.mode == "cut-stall" else 0.05)
+            await asyncio.sleep(3.0 if self.mode.endswith("stall") else 0.05)
             self.request.connection.close()  # type: ignore[union-attr]
             self._auto_finish = False
             return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 
 import httpx
 import pytest
@@ -127,6 +128,11 @@ def test_audit_trail_has_one_audit_event_per_request(stack: Stack) -> None:
     for url, status, _, _ in calls:
         assert httpx.get(url, headers=headers).status_code == status
     assert httpx.get(f"{stack.broker_dicomweb}/studies/{study}").status_code == 401
+    # the event is written when the broker has finished the request, which may be just after the
+    # client received the last byte
+    deadline = time.monotonic() + 5
+    while len(log.read_text().splitlines()) < before + len(calls) + 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
     lines = [json.loads(x) for x in log.read_text().splitlines()[before:]]
     assert len(lines) == len(calls) + 1
     for event, (_, status, _kind, outcome) in zip(lines, calls, strict=False):

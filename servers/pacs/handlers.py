@@ -10,15 +10,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import tornado.web
-from tornado.http1connection import HTTP1Connection
-from tornado.iostream import IOStream, StreamClosedError
 
 from s4s_jupyter.core.errors import DICOMwebError
 from s4s_jupyter.core.multipart import (
@@ -34,11 +31,13 @@ from s4s_jupyter.core.multipart import (
 from s4s_jupyter.core.uids import check_uid
 from servers.base import DICOMwebHandler
 from servers.pacs import negotiation as neg
-from servers.pacs import wado
+from servers.pacs import rendering, wado
 from servers.pacs.qido import BadQuery, QidoService, QueryLevel, parse_query
+from servers.pacs.segments import Segment
 from servers.pacs.settings import PACSSettings
 from servers.pacs.store import BASE, Store
 from servers.pacs.stow import PayloadTooLarge, StoreTransaction, UnsupportedMediaType
+from servers.pacs.streaming import send
 
 T = TypeVar("T")
 log = logging.getLogger("s4s.pacs")
@@ -84,118 +83,10 @@ class PACSHandler(DICOMwebHandler):
         self.set_header("Content-Length", str(len(body)))
         self.finish(body)
 
-    async def stream(self, segments: list[wado.Segment], content_type: str) -> None:
-        """Send ``segments``: large stored files with ``sendfile(2)`` when the length is known, everything
-        else in blocks of ``read_chunk_bytes`` read in the pool, flushing between blocks."""
-        self.set_header("Content-Type", content_type)
-        total = wado.known_length(segments)
-        if total is not None:
-            self.set_header("Content-Length", str(total))
-        minimum = self.ctx.settings.sendfile_min_bytes
-        large = minimum is not None and any(
-            isinstance(s, wado.FileRange) and s.length >= minimum for s in segments)
-        if total is None or minimum is None or not large:
-            if await self._send_blocks(segments):
-                self.finish()
-            return
-        try:
-            await self.flush()  # the status line and headers go first
-        except StreamClosedError:
-            return
-        sender = ZeroCopySender.of(self)
-        if sender is not None:
-            # small delimiter writes between large sendfile(2) calls must not wait for ACKs (Nagle)
-            sender.connection.stream.set_nodelay(True)
-        if sender is None:
-            if await self._send_blocks(segments):
-                self.finish()
-            return
-        try:
-            batch: list[wado.Segment] = []
-            for seg in segments:
-                if isinstance(seg, wado.FileRange) and seg.length >= minimum:
-                    if batch and not await self._send_blocks(batch):
-                        return
-                    batch = []
-                    await sender.send(seg)
-                else:
-                    batch.append(seg)
-            if batch and not await self._send_blocks(batch):
-                return
-        except (StreamClosedError, OSError):
-            sender.abort()
-            return
-        self.finish()
-
-    async def _send_blocks(self, segments: list[wado.Segment]) -> bool:
-        """Send ``segments`` through Tornado in blocks; False when the client went away."""
-        if all(isinstance(s, bytes) for s in segments):  # multipart delimiters: no need for the pool
-            try:
-                self.write(b"".join(s for s in segments if isinstance(s, bytes)))
-                await self.flush()
-            except StreamClosedError:
-                return False
-            return True
-        blocks = wado.iter_blocks(segments, self.ctx.settings.read_chunk_bytes)
-        upcoming = asyncio.ensure_future(self.run(next, blocks, None))
-        try:
-            while True:
-                block = await upcoming
-                if block is None:
-                    break
-                # read the next block while this one is being sent
-                upcoming = asyncio.ensure_future(self.run(next, blocks, None))
-                self.write(block)
-                await self.flush()
-        except StreamClosedError:
-            return False  # the client went away
-        finally:
-            await asyncio.wait([upcoming])  # never close the generator while a thread runs it
-            if not upcoming.cancelled() and upcoming.exception() is None:
-                blocks.close()
-        return True
-
-
-class ZeroCopySender:
-    """Sends byte ranges of stored files with ``sendfile(2)`` on the connection's socket
-    (``loop.sock_sendfile``), between Tornado's own writes.
-
-    Tornado has no sendfile support, so this relies on two details of its HTTP/1.1 connection: the socket
-    of its IOStream (idle once a flush has completed) and the count of body bytes still expected for the
-    Content-Length, which is decreased by what was sent. :meth:`of` returns None (and the caller sends
-    through Tornado) whenever these are not as expected: TLS, HTTP/2, another Tornado version.
-    """
-
-    def __init__(self, connection: HTTP1Connection, sock: socket.socket) -> None:
-        self.connection = connection
-        self.sock = sock
-
-    @classmethod
-    def of(cls, handler: tornado.web.RequestHandler) -> ZeroCopySender | None:
-        conn = handler.request.connection
-        if not isinstance(conn, HTTP1Connection) or type(conn.stream) is not IOStream:
-            return None
-        if not isinstance(getattr(conn, "_expected_content_remaining", None), int):
-            return None
-        sock = conn.stream.socket
-        if not isinstance(sock, socket.socket) or sock.type != socket.SOCK_STREAM:
-            return None
-        return cls(conn, sock)
-
-    async def send(self, seg: wado.FileRange) -> None:
-        remaining = getattr(self.connection, "_expected_content_remaining", None)
-        if not isinstance(remaining, int) or remaining < seg.length:
-            raise StreamClosedError()
-        with open(seg.path, "rb") as f:
-            sent = await asyncio.get_running_loop().sock_sendfile(self.sock, f, seg.offset, seg.length,
-                                                                  fallback=True)
-        if sent != seg.length:
-            raise StreamClosedError()
-        self.connection._expected_content_remaining = remaining - sent
-
-    def abort(self) -> None:
-        """Close the connection after a failed send: the client cannot tell where the body stopped."""
-        self.connection.stream.close()
+    async def stream(self, segments: list[Segment], content_type: str) -> None:
+        """Send ``segments`` as the body (see :func:`servers.pacs.streaming.send`)."""
+        await send(self, segments, content_type, self.ctx.executor, self.ctx.settings.read_chunk_bytes,
+                   self.ctx.settings.sendfile_min_bytes)
 
 
 # -- QIDO-RS -------------------------------------------------------------------------------------------
@@ -489,7 +380,8 @@ class RenderedHandler(PACSHandler):
         media = neg.choose_image(self.accept())
         if media is None:
             raise wado.NotAcceptable("rendered images are available as image/jpeg or image/png")
-        options = wado.parse_render_options(self.query_args(), media, (128, 128) if self.thumbnail else None)
+        options = rendering.parse_render_options(self.query_args(), media,
+                                                 (128, 128) if self.thumbnail else None)
         study = self.uid(study, "StudyInstanceUID")
         files = await self.run(self.ctx.store.instance_files, study,
                                self.uid(series, "SeriesInstanceUID") if series else None,
@@ -508,7 +400,7 @@ class RenderedHandler(PACSHandler):
             frame = 1
         if not neg.can_decode(f.transfer_syntax):
             raise wado.NotAcceptable(f"cannot decode pixel data in {f.transfer_syntax}")
-        image = await self.run(wado.render, f.path, frame, options)
+        image = await self.run(rendering.render, f.path, frame, options)
         self.set_header("Content-Type", media)
         self.set_header("Content-Length", str(len(image)))
         self.finish(image)

@@ -1,0 +1,138 @@
+"""Sending a streamed answer through Tornado: large stored files with ``sendfile(2)``, the rest in blocks.
+
+Blocks are read in a thread pool, the next one while the current one is being sent, with a flush between
+blocks so memory holds at most two. Stored files above a threshold go from the page cache to the socket
+with ``sendfile(2)`` (:class:`ZeroCopySender`), which costs less CPU per gigabyte than Orthanc.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from concurrent.futures import Executor
+
+import tornado.web
+from tornado.http1connection import HTTP1Connection
+from tornado.iostream import IOStream, StreamClosedError
+
+from servers.pacs.segments import FileRange, Segment, iter_blocks, known_length
+
+
+async def send(handler: tornado.web.RequestHandler, segments: list[Segment], content_type: str,
+               executor: Executor, block: int, sendfile_min_bytes: int | None) -> None:
+    """Send ``segments`` as the body of ``handler``'s answer and finish it.
+
+    Stored files of at least ``sendfile_min_bytes`` go out with ``sendfile(2)`` when the total length is
+    known; everything else in blocks of about ``block`` bytes read in ``executor``.
+    """
+    handler.set_header("Content-Type", content_type)
+    total = known_length(segments)
+    if total is not None:
+        handler.set_header("Content-Length", str(total))
+    minimum = sendfile_min_bytes
+    large = minimum is not None and any(
+        isinstance(s, FileRange) and s.length >= minimum for s in segments)
+    if total is None or minimum is None or not large:
+        if await _send_blocks(handler, segments, executor, block):
+            handler.finish()
+        return
+    try:
+        await handler.flush()  # the status line and headers go first
+    except StreamClosedError:
+        return
+    sender = ZeroCopySender.of(handler)
+    if sender is None:
+        if await _send_blocks(handler, segments, executor, block):
+            handler.finish()
+        return
+    # small delimiter writes between large sendfile(2) calls must not wait for ACKs (Nagle)
+    sender.connection.stream.set_nodelay(True)
+    try:
+        batch: list[Segment] = []
+        for seg in segments:
+            if isinstance(seg, FileRange) and seg.length >= minimum:
+                if batch and not await _send_blocks(handler, batch, executor, block):
+                    return
+                batch = []
+                await sender.send(seg)
+            else:
+                batch.append(seg)
+        if batch and not await _send_blocks(handler, batch, executor, block):
+            return
+    except (StreamClosedError, OSError):
+        sender.abort()
+        return
+    handler.finish()
+
+
+async def _send_blocks(handler: tornado.web.RequestHandler, segments: list[Segment], executor: Executor,
+                       block: int) -> bool:
+    """Send ``segments`` through Tornado in blocks; False when the client went away."""
+    if all(isinstance(s, bytes) for s in segments):  # multipart delimiters: no need for the pool
+        try:
+            handler.write(b"".join(s for s in segments if isinstance(s, bytes)))
+            await handler.flush()
+        except StreamClosedError:
+            return False
+        return True
+    loop = asyncio.get_running_loop()
+    blocks = iter_blocks(segments, block)
+    upcoming = asyncio.ensure_future(loop.run_in_executor(executor, next, blocks, None))
+    try:
+        while True:
+            data = await upcoming
+            if data is None:
+                break
+            # read the next block while this one is being sent
+            upcoming = asyncio.ensure_future(loop.run_in_executor(executor, next, blocks, None))
+            handler.write(data)
+            await handler.flush()
+    except StreamClosedError:
+        return False  # the client went away
+    finally:
+        await asyncio.wait([upcoming])  # never close the generator while a thread runs it
+        if not upcoming.cancelled() and upcoming.exception() is None:
+            blocks.close()
+    return True
+
+
+class ZeroCopySender:
+    """Sends byte ranges of stored files with ``sendfile(2)`` on the connection's socket
+    (``loop.sock_sendfile``), between Tornado's own writes.
+
+    Tornado has no sendfile support, so this relies on two details of its HTTP/1.1 connection: the socket
+    of its IOStream (idle once a flush has completed) and the count of body bytes still expected for the
+    Content-Length, which is decreased by what was sent. :meth:`of` returns None (and the caller sends
+    through Tornado) whenever these are not as expected: TLS, HTTP/2, another Tornado version.
+    """
+
+    def __init__(self, connection: HTTP1Connection, sock: socket.socket) -> None:
+        self.connection = connection
+        self.sock = sock
+
+    @classmethod
+    def of(cls, handler: tornado.web.RequestHandler) -> ZeroCopySender | None:
+        conn = handler.request.connection
+        if not isinstance(conn, HTTP1Connection) or type(conn.stream) is not IOStream:
+            return None
+        if not isinstance(getattr(conn, "_expected_content_remaining", None), int):
+            return None
+        sock = conn.stream.socket
+        if not isinstance(sock, socket.socket) or sock.type != socket.SOCK_STREAM:
+            return None
+        return cls(conn, sock)
+
+    async def send(self, seg: FileRange) -> None:
+        remaining = getattr(self.connection, "_expected_content_remaining", None)
+        if not isinstance(remaining, int) or remaining < seg.length:
+            raise StreamClosedError()
+        with open(seg.path, "rb") as f:
+            sent = await asyncio.get_running_loop().sock_sendfile(self.sock, f, seg.offset, seg.length,
+                                                                  fallback=True)
+        if sent != seg.length:
+            raise StreamClosedError()
+        self.connection._expected_content_remaining = remaining - sent
+
+    def abort(self) -> None:
+        """Close the connection after a failed send: the client cannot tell where the body stopped."""
+        self.connection.stream.close()

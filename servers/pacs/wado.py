@@ -1,9 +1,8 @@
-"""WADO-RS retrieval (PS3.18 10.4): instances, frames, bulk data and rendered images from the store.
+"""WADO-RS retrieval (PS3.18 10.4): instances, frames and bulk data from the store.
 
-Answers are described as a list of *segments* (bytes, a byte range of a stored file, or a callable that
-produces bytes, e.g. a transcoded instance) and produced in blocks by :func:`iter_blocks`, so the handler
-can stream a study of any size with bounded memory. When every segment's size is known (objects sent as
-stored) the Content-Length is known too.
+Each answer is described as segments (:mod:`servers.pacs.segments`): multipart delimiters, byte ranges
+of stored files (objects sent as stored, native frames, pixel data), and deferred producers for what must
+be computed (a transcoded instance, a decoded or encapsulated frame, a nested bulk value).
 """
 
 from __future__ import annotations

@@ -187,12 +187,13 @@ class StreamedResponse:
             os.close(w)
 
     def close(self) -> None:
-        if self._raw is not None:
-            self._raw.close()
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
+        # the IOStream first: it unregisters the descriptor from the event loop, then closes the socket
         self._stream.close()
+        if self._raw is not None:
+            self._raw.close()
 
 
 def _wake(future: asyncio.Future[None]) -> None:

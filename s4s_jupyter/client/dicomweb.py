@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from pydicom import Dataset
 
     from s4s_jupyter.client.auth import TokenManager
-    from s4s_jupyter.client.retrieve import Retriever
+    from s4s_jupyter.client.retrieve import ProgressCallback, Retriever
 
 STUDY_COLUMNS = ["study_uid", "patient_id", "patient_name", "started", "accession", "description",
                  "modalities", "number_of_series", "number_of_instances", "endpoint", "requires_access_token"]
@@ -204,15 +204,17 @@ class DICOMweb:
     def targets(self, what: Any) -> list[SeriesTarget]:
         return series_targets(what, endpoint=self.endpoint, qido=self.retriever.qido)
 
-    def retrieve(self, what: Any, *, first_only: bool = False, progress: bool = True) -> list[Dataset]:
+    def retrieve(self, what: Any, *, first_only: bool = False, progress: bool = True,
+                 on_progress: ProgressCallback | None = None) -> list[Dataset]:
         """Instances as pydicom Datasets (``what``: study UID, DataFrame/row of studies or series)."""
-        return self.retriever.load(self.targets(what), first_only=first_only, progress=progress)
+        return self.retriever.load(self.targets(what), first_only=first_only, progress=progress,
+                                   on_progress=on_progress)
 
     def download(self, what: Any, directory: str | os.PathLike[str], *, first_only: bool = False,
-                 progress: bool = True) -> pd.DataFrame:
+                 progress: bool = True, on_progress: ProgressCallback | None = None) -> pd.DataFrame:
         """Instances to files under ``directory``; returns the manifest (see :meth:`Retriever.download`)."""
         return self.retriever.download(self.targets(what), directory, first_only=first_only,
-                                       progress=progress)
+                                       progress=progress, on_progress=on_progress)
 
     def metadata(self, what: Any, *, first_only: bool = False) -> list[Dataset]:
         return metadata(self.targets(what), self.clients, first_only)

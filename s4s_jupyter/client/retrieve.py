@@ -173,25 +173,65 @@ class _Unit:
         return self.target.url + (f"/instances/{self.sop_uid}" if self.sop_uid else "")
 
 
-class _Progress:
-    """Two bars, instances and bytes (``tqdm.auto``: a widget in notebooks, text elsewhere)."""
+@dataclass(frozen=True)
+class RetrievalProgress:
+    """Where a retrieval stands, as passed to an ``on_progress`` callback after every instance.
 
-    def __init__(self, enabled: bool, total_instances: int | None, what: str) -> None:
+    ``instances_total`` is what the call asked for (None when not known in advance); ``instances_done``
+    counts instances complete (written and renamed into place, verified from an earlier call, or loaded
+    into a Dataset); ``bytes_received`` counts response bytes read so far (multipart framing included).
+    ``sop_uid`` is the instance that just completed (None for the first call, before any).
+    """
+
+    instances_done: int
+    instances_total: int | None
+    bytes_received: int
+    sop_uid: str | None = None
+
+    @property
+    def fraction(self) -> float | None:
+        """Done / total (None when the total is unknown or zero)."""
+        return self.instances_done / self.instances_total if self.instances_total else None
+
+
+#: ``on_progress(RetrievalProgress)``: called from the download threads, one call at a time
+ProgressCallback = Callable[[RetrievalProgress], None]
+
+
+class _Progress:
+    """Counters of one call, reported to two bars, instances and bytes (``tqdm.auto``: a widget in
+    notebooks, text elsewhere), and to the caller's ``on_progress`` after every instance."""
+
+    def __init__(self, enabled: bool, total_instances: int | None, what: str,
+                 callback: ProgressCallback | None = None) -> None:
         self.bars: list[Any] = []
+        self.total = total_instances
+        self.done = 0
+        self.received = 0
+        self.callback = callback
+        self._lock = threading.Lock()
         if enabled:
             from tqdm.auto import tqdm
 
             self.instances = tqdm(total=total_instances, desc=what, unit="inst")
             self.bytes = tqdm(total=None, desc="received", unit="B", unit_scale=True, unit_divisor=1024)
             self.bars = [self.instances, self.bytes]
+        if callback is not None:
+            callback(RetrievalProgress(0, total_instances, 0))
 
-    def add_instances(self, n: int = 1) -> None:
-        if self.bars:
-            self.instances.update(n)
+    def add_instances(self, n: int = 1, sop_uid: str | None = None) -> None:
+        with self._lock:
+            self.done += n
+            if self.bars:
+                self.instances.update(n)
+            if self.callback is not None:
+                self.callback(RetrievalProgress(self.done, self.total, self.received, sop_uid))
 
     def add_bytes(self, n: int) -> None:
-        if self.bars:
-            self.bytes.update(n)
+        with self._lock:
+            self.received += n
+            if self.bars:
+                self.bytes.update(n)
 
     def close(self) -> None:
         for bar in self.bars:
@@ -231,7 +271,7 @@ class _Run:
                 line = {k: row[k] for k in ("study_uid", "series_uid", "sop_uid", "path", "size", "sha256")}
                 self.sidecar.write(json.dumps(line).encode() + b"\n")
                 self.sidecar.flush()
-        self.progress.add_instances()
+        self.progress.add_instances(1, row["sop_uid"])
         return True
 
     def close(self) -> None:
@@ -543,14 +583,20 @@ class Retriever:
         return errors
 
     def download(self, targets: Sequence[SeriesTarget], directory: str | os.PathLike[str], *,
-                 first_only: bool = False, progress: bool = True) -> pd.DataFrame:
+                 first_only: bool = False, progress: bool = True,
+                 on_progress: ProgressCallback | None = None) -> pd.DataFrame:
         """Write the targets' instances under ``directory``; return the manifest (one row per instance:
         :data:`MANIFEST_COLUMNS`; ``status`` is ``downloaded``, ``verified`` (already complete, skipped),
-        ``failed`` or ``missing`` (the server did not send it), with ``error`` saying why)."""
+        ``failed`` or ``missing`` (the server did not send it), with ``error`` saying why).
+
+        ``progress``: the tqdm bars. ``on_progress``: called with a :class:`RetrievalProgress` once at the
+        start and after every instance (from the download threads, one call at a time; an exception it
+        raises stops the retrieval)."""
         root = Path(directory)
         targets = self.resolve(targets)
         expected = {t: (t.expected() or ())[:1] if first_only else (t.expected() or ()) for t in targets}
-        run = _Run(root, _Progress(progress, sum(len(v) for v in expected.values()), "instances"))
+        run = _Run(root, _Progress(progress, sum(len(v) for v in expected.values()), "instances",
+                                   on_progress))
         try:
             previous = _read_sidecar(root)
             for t, infos in expected.items():
@@ -558,7 +604,7 @@ class Retriever:
                     row = _verified(previous.get(info.sop_uid), root, t, info)
                     if row is not None:
                         run.records[info.sop_uid] = row
-                        run.progress.add_instances()
+                        run.progress.add_instances(1, info.sop_uid)
             units = self._units(targets, first_only, run.done)
             errors = self._execute(run, targets, units)
         finally:
@@ -566,14 +612,16 @@ class Retriever:
         return _manifest(run, expected, errors)
 
     def load(self, targets: Sequence[SeriesTarget], *, first_only: bool = False,
-             progress: bool = True) -> list[Dataset]:
-        """The targets' instances as pydicom Datasets, in series then instance-number order.
+             progress: bool = True, on_progress: ProgressCallback | None = None) -> list[Dataset]:
+        """The targets' instances as pydicom Datasets, in series then instance-number order
+        (``on_progress``: see :meth:`download`).
 
         Raises :class:`ClientError` if any series failed (nothing partial is returned silently).
         """
         targets = self.resolve(targets)
         expected = {t: (t.expected() or ())[:1] if first_only else (t.expected() or ()) for t in targets}
-        run = _Run(None, _Progress(progress, sum(len(v) for v in expected.values()), "instances"))
+        run = _Run(None, _Progress(progress, sum(len(v) for v in expected.values()), "instances",
+                                   on_progress))
         try:
             errors = self._execute(run, targets, self._units(targets, first_only, run.done))
         finally:

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from pydicom import Dataset
 
     from s4s_jupyter.client.dicomweb import DicomwebClients
-    from s4s_jupyter.client.retrieve import Retriever
+    from s4s_jupyter.client.retrieve import ProgressCallback, Retriever
 
 log = logging.getLogger("s4s_jupyter.client")
 
@@ -281,19 +281,22 @@ class Session:
         return series_targets(what, endpoint=None, qido=self.retriever.qido,
                               resources=self._imaging.resources, endpoints=self._imaging.endpoints.values())
 
-    def retrieve(self, what: Any, *, first_only: bool = False, progress: bool = True) -> list[Dataset]:
+    def retrieve(self, what: Any, *, first_only: bool = False, progress: bool = True,
+                 on_progress: ProgressCallback | None = None) -> list[Dataset]:
         """Studies, series or instances as pydicom Datasets in memory (WADO-RS through each study's
         Endpoint, with the token only where ``requires-access-token`` says so). ``first_only``: the first
-        instance of each series."""
-        return self.retriever.load(self.targets(what), first_only=first_only, progress=progress)
+        instance of each series. ``on_progress(RetrievalProgress)`` is called after every instance
+        (:meth:`Retriever.download <s4s_jupyter.client.retrieve.Retriever.download>`)."""
+        return self.retriever.load(self.targets(what), first_only=first_only, progress=progress,
+                                   on_progress=on_progress)
 
     def download(self, what: Any, directory: str | os.PathLike[str], *, first_only: bool = False,
-                 progress: bool = True) -> pd.DataFrame:
+                 progress: bool = True, on_progress: ProgressCallback | None = None) -> pd.DataFrame:
         """Studies, series or instances to ``{directory}/{PatientID}/{StudyUID}/{SeriesUID}/{SOPUID}.dcm``,
         streamed, in parallel, resumable; returns the manifest DataFrame (FHIR ids, UIDs, paths, sizes,
         status, error). Call again to fetch only what is missing or damaged."""
         return self.retriever.download(self.targets(what), directory, first_only=first_only,
-                                       progress=progress)
+                                       progress=progress, on_progress=on_progress)
 
     @property
     def dicomweb_clients(self) -> DicomwebClients:

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from pydicom import Dataset
 
+    from s4s_jupyter.client.retrieve import RetrievalProgress
     from s4s_jupyter.client.session import Session
 
 MODALITIES = ["CT", "MR", "CR", "DX", "US", "MG", "PT", "NM", "XA", "RF", "SM"]
@@ -152,7 +153,7 @@ class StudyBrowser(w.VBox):
         return self.series.reset_index(drop=True)
 
     def pull(self) -> concurrent.futures.Future[list[Dataset]] | None:
-        """Retrieve the selection in a thread (WADO-RS, one series at a time for the progress bar).
+        """Retrieve the selection in a thread (WADO-RS, in parallel; the progress bar moves per instance).
         The datasets land in :attr:`datasets`; returns the future (also :attr:`pending`)."""
         self.message.value = ""
         selection = self.selection
@@ -168,23 +169,26 @@ class StudyBrowser(w.VBox):
         future: concurrent.futures.Future[list[Dataset]] = concurrent.futures.Future()
         self.pending = future
         self.pull_button.disabled = True
+        done = [0]
+
+        def show(p: RetrievalProgress) -> None:  # after every instance, from the retrieval's threads
+            done[0] = p.instances_done
+            self.progress.value = min(p.instances_done, self.progress.max)
+            self.progress_label.value = (f"<span class='s4s-pulled' data-count='{p.instances_done}'>"
+                                         f"{p.instances_done} / {total} instances</span>")
 
         def run() -> None:
             pulled: list[Dataset] = []
             try:
-                for i in range(len(selection)):
-                    pulled += self.session.retrieve(selection.iloc[[i]], first_only=self.first_only,
-                                                    progress=False)
-                    self.progress.value = min(len(pulled), self.progress.max)
-                    self.progress_label.value = (f"<span class='s4s-pulled' data-count='{len(pulled)}'>"
-                                                 f"{len(pulled)} / {total} instances</span>")
+                pulled = self.session.retrieve(selection, first_only=self.first_only, progress=False,
+                                               on_progress=show)
                 self.datasets = pulled
                 self.progress_label.value = (
                     f"<span class='s4s-pulled s4s-done' data-count='{len(pulled)}'>pulled {len(pulled)} "
                     f"instances of {len(selection)} series</span>")
                 future.set_result(pulled)
             except Exception as exc:
-                self.show_error(f"pull failed after {len(pulled)} instances: {_message(exc)}")
+                self.show_error(f"pull failed after {done[0]} instances: {_message(exc)}")
                 future.set_exception(exc)
             finally:
                 self.pull_button.disabled = False

@@ -114,3 +114,40 @@ def test_instances_of_another_series_are_refused(server_loop: ServerLoop, pacs: 
     assert set(manifest["status"]) == {"failed"}
     assert manifest["error"].str.contains("another series").all()
     assert not list(tmp_path.rglob("*.dcm"))
+
+
+def test_progress_is_reported_per_instance_within_a_series_request(pacs: str, kit_plan: DemoPlan,
+                                                                   tmp_path: Path) -> None:
+    from s4s_jupyter.client.retrieve import RetrievalProgress
+
+    study = kit_plan.patients[0].studies[0]
+    seen: list[RetrievalProgress] = []
+    with Retriever(connections_per_host=1) as r:  # one request per series: 3 instances each
+        targets = series_targets(study.study_uid, endpoint=DICOMwebEndpoint(pacs), qido=r.qido)
+        manifest = r.download(targets, tmp_path, progress=False, on_progress=seen.append)
+        total = study.number_of_instances
+        assert seen[0] == RetrievalProgress(0, total, 0)
+        assert [p.instances_done for p in seen] == list(range(total + 1))
+        assert {p.sop_uid for p in seen[1:]} == set(manifest["sop_uid"])
+        assert all(p.instances_total == total for p in seen) and seen[-1].fraction == 1.0
+        received = [p.bytes_received for p in seen]
+        assert received == sorted(received) and received[-1] > manifest["size"].sum()  # framing too
+
+        # a second call: the verified instances count as done, nothing is received
+        again: list[RetrievalProgress] = []
+        r.download(targets, tmp_path, progress=False, on_progress=again.append)
+        assert again[-1].instances_done == total and again[-1].bytes_received == 0
+
+        # into memory, likewise; a callback that raises stops the retrieval
+        loaded: list[RetrievalProgress] = []
+        assert len(r.load(targets, progress=False, on_progress=loaded.append)) == total
+        assert loaded[-1].instances_done == total
+
+        def stop(p: RetrievalProgress) -> None:
+            if p.instances_done == 2:
+                raise KeyboardInterrupt
+
+        import pytest
+
+        with pytest.raises(KeyboardInterrupt):
+            r.load(targets, progress=False, on_progress=stop)

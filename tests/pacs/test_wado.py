@@ -234,3 +234,19 @@ def test_unknown_resources_are_404_and_bad_uids_400(wado_pacs: PACS) -> None:
     assert r.status_code == 400 and "PS3.5" in r.json()["message"]
     r = wado_pacs.get("/no/such/resource")
     assert r.status_code == 404 and r.headers["content-type"] == "application/json"
+
+
+def test_a_client_leaving_mid_stream_does_not_disturb_the_server(wado_pacs: PACS,
+                                                                 small_plan: DemoPlan) -> None:
+    import socket
+    from urllib.parse import urlsplit
+
+    _, study = small_plan.studies()[1]
+    u = urlsplit(wado_pacs.url)
+    for _ in range(3):
+        with socket.create_connection((u.hostname, u.port), timeout=10) as s:
+            s.sendall((f"GET {u.path}/studies/{study.study_uid} HTTP/1.1\r\nHost: {u.netloc}\r\n"
+                       f"Accept: {DICOM_ANY}\r\n\r\n").encode())
+            assert s.recv(100).startswith(b"HTTP/1.1 200")
+    r = wado_pacs.get(f"/studies/{study.study_uid}", accept=DICOM_ANY)
+    assert r.status_code == 200 and len(parse_multipart(r)) == study.number_of_instances

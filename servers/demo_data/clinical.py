@@ -12,6 +12,10 @@ seeded with the plan's seed and the patient id; no clock, no global random state
   systolic/diastolic components, heart rate, weight, height, BMI) and smoking status (LOINC 72166-2);
 - ``Procedure`` (each imaging study, an ECG, ...), ``Immunization`` (CVX), ``DocumentReference`` (a
   progress note as base64 ``text/plain``);
+- ``RelatedPerson`` for each caregiver login of the plan (a :class:`~servers.demo_data.plan.DemoUser` acting
+  for several patients), one per patient it acts for, id :func:`related_person_id` (``{username}-{patient}``):
+  the resource a caregiver's SMART ``fhirUser`` names in a launch for that patient (R4 RelatedPerson is in
+  the Patient compartment through ``RelatedPerson.patient``);
 - one radiology ``DiagnosticReport`` per imaging study: category LOINC LP29684-5, ``effectiveDateTime`` =
   the study's start, ``conclusion`` = the plan's finding, and ``imagingStudy`` a *logical* reference by
   identifier (``urn:dicom:uid`` / ``urn:oid:{StudyInstanceUID}``), since the ImagingStudy lives at the
@@ -26,12 +30,13 @@ from __future__ import annotations
 
 import base64
 import random
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from servers.demo_data.plan import ANCHOR, DemoPatient, DemoPlan, StudyPlan
+from servers.demo_data.plan import ANCHOR, DemoPatient, DemoPlan, DemoUser, StudyPlan
 
 Resource = dict[str, Any]
 
@@ -42,6 +47,7 @@ RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 CVX = "http://hl7.org/fhir/sid/cvx"
 UCUM = "http://unitsofmeasure.org"
 V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
+V3_ROLE_CODE = "http://terminology.hl7.org/CodeSystem/v3-RoleCode"
 V2_0074 = "http://terminology.hl7.org/CodeSystem/v2-0074"
 OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 CONDITION_CATEGORY = "http://terminology.hl7.org/CodeSystem/condition-category"
@@ -211,13 +217,56 @@ def clinical_resources(plan: DemoPlan) -> list[Resource]:
     """Every FHIR resource of the demo EHR for ``plan``: each patient's chart, in a stable order."""
     out: list[Resource] = []
     for patient in plan.patients:
-        out.extend(_Chart(plan.options.seed, patient).build())
+        out.extend(iter_patient_resources(plan, patient.id))
     return out
 
 
 def iter_patient_resources(plan: DemoPlan, patient_id: str) -> Iterator[Resource]:
-    """The chart of one patient of ``plan``."""
-    yield from _Chart(plan.options.seed, plan.patient(patient_id)).build()
+    """The chart of one patient of ``plan``, then the RelatedPersons of the caregivers acting for it."""
+    chart = _Chart(plan.options.seed, plan.patient(patient_id)).build()
+    yield from chart
+    since = chart[0]["meta"]["lastUpdated"]  # the Patient resource: a caregiver is linked no earlier
+    for user in plan.users:
+        if is_caregiver(user) and patient_id in user.patient_ids:
+            yield related_person(user, plan.patient(patient_id), since)
+
+
+#: R4 ``id`` (R4 2.24.0.1 "id" data type)
+_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+
+
+def is_caregiver(user: DemoUser) -> bool:
+    """A login acting for several patients is a caregiver (a ``RelatedPerson`` of each); a login acting for
+    one patient is that patient."""
+    return len(user.patient_ids) > 1
+
+
+def related_person_id(username: str, patient_id: str) -> str:
+    """The logical id of the ``RelatedPerson`` linking caregiver ``username`` to ``patient_id``."""
+    rid = f"{username}-{patient_id}"
+    if not _FHIR_ID.match(rid):
+        raise ValueError(f"{rid!r} is not a valid FHIR id (username and patient id must be [A-Za-z0-9-.])")
+    return rid
+
+
+def related_person(user: DemoUser, patient: DemoPatient, last_updated: str) -> Resource:
+    """R4 ``RelatedPerson``: caregiver ``user`` acting for ``patient`` (relationship: the v3 RoleCode
+    HPOWATT, healthcare power of attorney, which is what lets the caregiver act for the patient)."""
+    given, _, family = user.display_name.rpartition(" ")
+    name: dict[str, Any] = {"use": "official", "text": user.display_name,
+                            "family": family or user.display_name}
+    if given:
+        name["given"] = given.split()
+    return {
+        "resourceType": "RelatedPerson",
+        "id": related_person_id(user.username, patient.id),
+        "meta": {"versionId": "1", "lastUpdated": last_updated},
+        "active": True,
+        "patient": {"reference": f"Patient/{patient.id}", "display": patient.display_name},
+        "relationship": [concept(coding(V3_ROLE_CODE, "HPOWATT", "healthcare power of attorney"),
+                                 text="Caregiver")],
+        "name": [name],
+    }
 
 
 def _age(born: date, on: datetime) -> int:

@@ -16,6 +16,7 @@ from typing import Any
 import tornado.web
 
 from servers.base import log_request
+from servers.demo_data.clinical import is_caregiver
 from servers.runtime import CLEANUP_KEY
 
 from .fhir.routes import fhir_routes
@@ -54,7 +55,7 @@ def build_authorization_server(settings: EHRSettings, base_url: str) -> SmartAut
     store = OAuthStore(settings.oauth_db_path, settings.clock)
     for u in settings.plan.users:
         store.add_user(u.username, u.password, u.display_name, u.patient_ids,
-                       fhir_user_reference(u.username, u.patient_ids, caregiver=len(u.patient_ids) > 1))
+                       fhir_user_reference(u.username, u.patient_ids, caregiver=is_caregiver(u)))
     signer = IdTokenSigner.load_or_create(settings.signing_key_path, endpoints.issuer)
     return SmartAuthorizationServer(settings, endpoints, ClientRegistry(settings.clients), store, signer)
 

@@ -151,6 +151,11 @@ BY_TYPE: dict[str, tuple[SearchParam, ...]] = {
         _date("date", "date", doc="When the document reference was created"),
         _date("period", "context.period", doc="Time of service that is being documented"),
     ),
+    "RelatedPerson": (
+        _OWN_PATIENT,
+        _token("relationship", "relationship", doc="The relationship to the patient"),
+        _token("active", "active", doc="Whether the record is in active use"),
+    ),
     "DiagnosticReport": (
         _PATIENT_REF, _SUBJECT_REF,
         _token("category", "category", doc="Service category, e.g. LOINC LP29684-5 radiology"),
@@ -164,7 +169,8 @@ BY_TYPE: dict[str, tuple[SearchParam, ...]] = {
     ),
 }
 
-#: The Sync for Science resource types this server answers.
+#: The resource types this server answers: the Sync for Science ones, and RelatedPerson (a caregiver's
+#: ``fhirUser``, SMART App Launch 2.x).
 RESOURCE_TYPES: tuple[str, ...] = tuple(BY_TYPE)
 
 #: element holding the patient compartment reference, per type (R4 Patient compartment definition)

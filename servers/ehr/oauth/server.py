@@ -219,7 +219,9 @@ class SmartAuthorizationServer(AuthorizationServer):
         return token
 
     def fhir_user_url(self, context: GrantContext) -> str | None:
-        return f"{self.endpoints.fhir_base}/{context.user.fhir_user}" if context.user else None
+        """Absolute URL of the user's FHIR resource for this grant's patient (SMART "fhirUser")."""
+        reference = context.user.fhir_user_for(context.patient) if context.user else None
+        return f"{self.endpoints.fhir_base}/{reference}" if reference else None
 
     def save_token(self, token: dict[str, Any], request: Any) -> None:
         context: GrantContext | None = request.user

@@ -12,6 +12,8 @@ import hmac
 import secrets
 from dataclasses import dataclass
 
+from servers.demo_data.clinical import related_person_id
+
 #: scrypt cost parameters (N, r, p): about 16 MiB and some tens of milliseconds per check.
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 
@@ -46,16 +48,34 @@ class User:
     username: str
     display_name: str
     patient_ids: tuple[str, ...]
-    #: FHIR reference of the user (``Patient/{id}`` for patients, ``RelatedPerson/{username}`` else)
+    #: FHIR reference of the user: ``Patient/{id}`` for a patient; for a caregiver
+    #: ``RelatedPerson/{username}``, which names the person, not a resource: see :meth:`fhir_user_for`
     fhir_user: str
 
     def may_act_for(self, patient_id: str | None) -> bool:
         return patient_id is not None and patient_id in self.patient_ids
 
+    @property
+    def is_caregiver(self) -> bool:
+        return self.fhir_user.partition("/")[0] == "RelatedPerson"
+
+    def fhir_user_for(self, patient_id: str | None) -> str | None:
+        """The resolvable ``fhirUser`` reference of this login in a launch for ``patient_id`` (SMART App
+        Launch 2.x "fhirUser": a Patient, Practitioner, PractitionerRole, RelatedPerson or Person the app can
+        read): a patient is its ``Patient``; a caregiver is the ``RelatedPerson`` linking it to the patient
+        picked at launch (``RelatedPerson/{username}-{patient}``, in that patient's compartment). None for a
+        caregiver without a patient in context, or a patient it may not act for."""
+        if not self.is_caregiver:
+            return self.fhir_user
+        if not self.may_act_for(patient_id):
+            return None
+        assert patient_id is not None
+        return f"RelatedPerson/{related_person_id(self.username, patient_id)}"
+
 
 def fhir_user_reference(username: str, patient_ids: tuple[str, ...], caregiver: bool) -> str:
-    """The ``fhirUser`` claim (SMART App Launch 2.x "fhirUser"): a patient acting for themself is the
-    ``Patient``; anyone acting for others is a ``RelatedPerson``."""
+    """The stored ``fhirUser`` kind of a login: a patient acting for themself is the ``Patient``; anyone
+    acting for others is a ``RelatedPerson`` (one per patient: :meth:`User.fhir_user_for`)."""
     if not caregiver and len(patient_ids) == 1:
         return f"Patient/{patient_ids[0]}"
     return f"RelatedPerson/{username}"

@@ -11,6 +11,8 @@ from servers.demo_data.clinical import (
     FINDING_PROBLEMS,
     MRN_SYSTEM,
     clinical_resources,
+    is_caregiver,
+    related_person_id,
 )
 from servers.demo_data.plan import ANCHOR, DemoOptions, DemoPlan, make_plan
 from tests.ehr.fhir.conftest import validate_r4
@@ -30,7 +32,7 @@ def _codes(concepts: Any) -> set[tuple[str, str]]:
 
 def test_every_generated_resource_is_valid_r4(demo_plan: DemoPlan) -> None:
     resources = clinical_resources(demo_plan)
-    assert {r["resourceType"] for r in resources} == S4S_TYPES
+    assert {r["resourceType"] for r in resources} == S4S_TYPES | {"RelatedPerson"}
     for r in resources:
         validate_r4(r)
 
@@ -53,6 +55,8 @@ def test_each_patient_has_data_for_every_s4s_call(demo_plan: DemoPlan) -> None:
         chart = by_patient[p.id]
         types = Counter(r["resourceType"] for r in chart)
         expected = S4S_TYPES if p.studies else S4S_TYPES - {"DiagnosticReport"}
+        if any(is_caregiver(u) and p.id in u.patient_ids for u in demo_plan.users):
+            expected = expected | {"RelatedPerson"}
         assert set(types) == expected, (p.id, types)
         patient = next(r for r in chart if r["resourceType"] == "Patient")
         assert patient["identifier"][0]["system"] == MRN_SYSTEM
@@ -79,6 +83,26 @@ def test_each_patient_has_data_for_every_s4s_call(demo_plan: DemoPlan) -> None:
         docs = [r for r in chart if r["resourceType"] == "DocumentReference"]
         text = base64.b64decode(docs[0]["content"][0]["attachment"]["data"]).decode()
         assert p.mrn in text and docs[0]["content"][0]["attachment"]["contentType"] == "text/plain"
+
+
+def test_one_related_person_per_caregiver_and_patient(demo_plan: DemoPlan) -> None:
+    """A caregiver's fhirUser (``RelatedPerson/{username}-{patient}``) exists for every patient it acts for,
+    in that patient's compartment, and for nobody else."""
+    related = {r["id"]: r for r in clinical_resources(demo_plan) if r["resourceType"] == "RelatedPerson"}
+    expected = {related_person_id(u.username, pid): (u, pid) for u in demo_plan.users if is_caregiver(u)
+                for pid in u.patient_ids}
+    assert expected and set(related) == set(expected)
+    for rid, (user, pid) in expected.items():
+        r = related[rid]
+        assert r["patient"]["reference"] == f"Patient/{pid}" and r["active"] is True
+        assert r["name"][0]["text"] == user.display_name
+    assert all(len(u.patient_ids) == 1 for u in demo_plan.users if not is_caregiver(u))
+    for bad in ("care giver", "x/y", "a" * 70):
+        try:
+            related_person_id(bad, "pat-001")
+        except ValueError:
+            continue
+        raise AssertionError(f"{bad!r} accepted as part of a FHIR id")
 
 
 def test_one_radiology_report_per_study_referencing_the_study_by_uid(demo_plan: DemoPlan) -> None:

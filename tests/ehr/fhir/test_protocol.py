@@ -37,7 +37,7 @@ def test_capability_statement_without_a_token(ehr: RunningEHR) -> None:
     by_type = {res["type"]: res for res in rest["resource"]}
     assert set(by_type) == {"Patient", "AllergyIntolerance", "Condition", "MedicationRequest",
                             "MedicationStatement", "Observation", "Procedure", "Immunization",
-                            "DocumentReference", "DiagnosticReport"}
+                            "DocumentReference", "DiagnosticReport", "RelatedPerson"}
     obs_params = {p["name"] for p in by_type["Observation"]["searchParam"]}
     assert {"patient", "subject", "category", "code", "date", "_lastUpdated", "_id"} <= obs_params
     assert "identifier" in {p["name"] for p in by_type["Patient"]["searchParam"]}

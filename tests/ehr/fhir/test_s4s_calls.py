@@ -198,7 +198,7 @@ def test_read_each_type_by_id(fhir_a: FHIRClient, patient_a: str, chart: Chart) 
         assert r.status_code == 200, r.text
         assert r.json() == resource
         assert r.headers["etag"] == f'W/"{resource["meta"]["versionId"]}"'
-    assert len(seen_types) == 10
+    assert len(seen_types) == 11  # the S4S types and the caregiver's RelatedPerson
 
 
 def test_post_search_with_a_form_body(fhir_a: FHIRClient, patient_a: str, chart: Chart) -> None:

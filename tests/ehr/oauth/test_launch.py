@@ -56,7 +56,7 @@ def test_authlib_client_completes_launch_refreshes_and_is_refused_after_revocati
         assert claims["iss"] == config["issuer"] == ehr.fhir_base
         assert claims["aud"] == "s4s-jupyter" and claims["sub"] == caregiver.username
         assert claims["nonce"] == nonce
-        assert claims["fhirUser"] == f"{ehr.fhir_base}/RelatedPerson/{caregiver.username}"
+        assert claims["fhirUser"] == f"{ehr.fhir_base}/RelatedPerson/{caregiver.username}-{patient}"
 
         info = introspect(ehr, token["access_token"])
         assert info["active"] is True and info["patient"] == patient and info["client_id"] == "s4s-jupyter"

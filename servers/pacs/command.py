@@ -8,9 +8,10 @@ from typing import Any
 
 from servers.demo import DemoContext
 from servers.pacs.app import dicomweb_url, make_app
+from servers.pacs.handlers import PACSContext
 from servers.pacs.seed import seed
 from servers.pacs.settings import PACSSettings
-from servers.runtime import ServerLoop, reserve
+from servers.runtime import Reservation, Served, ServerLoop, reserve
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -25,24 +26,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="do not fsync stored files (faster, not crash-safe; benchmarks only)")
 
 
-def _serve(loop: ServerLoop, settings: PACSSettings, host: str, port: int,
-           reservation: Any = None) -> str:
-    res = reservation or reserve(host, port)
-    served = loop.serve(lambda url: make_app(settings, url), res,
-                        max_body_size=2 * settings.max_upload_bytes + 1024 * 1024)
-    return dicomweb_url(served.url)
+def serve(loop: ServerLoop, settings: PACSSettings, reservation: Reservation) -> Served:
+    """Serve a PACS built from ``settings`` on ``reservation`` (bodies up to twice the upload limit are
+    read by Tornado; the handler answers 413 past the limit itself)."""
+    return loop.serve(lambda url: make_app(settings, url), reservation,
+                      max_body_size=2 * settings.max_upload_bytes + 1024 * 1024)
 
 
 def run(args: argparse.Namespace, loop: ServerLoop) -> dict[str, Any]:
     settings = PACSSettings(data_dir=Path(args.data_dir).resolve(), max_upload_bytes=args.max_upload_bytes,
                             workers=args.workers, fsync=not args.no_fsync)
-    return {"pacs_dicomweb": _serve(loop, settings, args.host, args.port)}
+    served = serve(loop, settings, reserve(args.host, args.port))
+    return {"pacs_dicomweb": dicomweb_url(served.url)}
 
 
 def start_in_demo(ctx: DemoContext, loop: ServerLoop) -> dict[str, Any]:
     """Serve the PACS on the stack's reservation, with the demo plan's studies loaded."""
-    settings = PACSSettings(data_dir=ctx.data_dir / "pacs")
-    url = _serve(loop, settings, ctx.host, 0, ctx.reservations["pacs"])
-    served = loop.served[-1]
-    seed(served.app.settings["pacs"].store, ctx.plan)
-    return {"pacs_dicomweb": url}
+    served = serve(loop, PACSSettings(data_dir=ctx.data_dir / "pacs"), ctx.reservations["pacs"])
+    pacs: PACSContext = served.app.settings["pacs"]
+    seed(pacs.store, ctx.plan)
+    return {"pacs_dicomweb": dicomweb_url(served.url)}

@@ -56,3 +56,9 @@ demo: venv
 
 clean-demo:
 	rm -rf $(DATA)
+
+# Side by side with Orthanc, dicomweb-client and curl (issue 8; not part of `make test`): about 2 GB of
+# generated DICOM, cached under benchmarks/results/; results in benchmarks/results/latest.md and .json.
+# BENCH_ARGS="--size small" for a quick run; see docs/benchmarks.md.
+bench: venv debian
+	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)

@@ -20,11 +20,9 @@ sampled every 0.1 s while it streams (flat: it must not grow with the study).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -33,18 +31,12 @@ from pathlib import Path
 import httpx
 import psutil
 
+from benchmarks.systems import start_broker_stack, start_pacs
 from servers.broker.app import quiet_httpx
 from servers.demo_data.plan import DemoOptions, make_plan
-from servers.ehr.app import make_app as make_ehr
-from servers.ehr.oauth.clients import BROKER_CLIENT_ID, INTROSPECTION_CLIENT_ID, demo_clients_json
-from servers.ehr.oauth.clients import Client as OAuthClient
-from servers.ehr.settings import EHRSettings
-from servers.introspection.app import make_app as make_introspection
-from servers.introspection.settings import IntrospectionSettings, Mode
 from servers.pacs.seed import seed
 from servers.pacs.store import Store
 from servers.runtime import ServerLoop
-from tests.broker.launch import launch
 
 INSTANCE_MB = 512 * 512 * 2 / 1e6
 SERIES = 4
@@ -55,20 +47,6 @@ def plan_for(study_mb: int):  # type: ignore[no-untyped-def]
     return make_plan(DemoOptions(patients=1, studies_per_patient=(1, 1), series_per_study=(SERIES, SERIES),
                                  instances_per_series=(per_series, per_series), rows=512, columns=512,
                                  modalities=("CT",)))
-
-
-def start_role(args: list[str], work: Path, name: str) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
-    urls = work / f"{name}-urls.json"
-    urls.unlink(missing_ok=True)
-    log = (work / f"{name}.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "servers.cli", "--log-level", "WARNING", *args,
-                             "--urls-file", str(urls)], stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while not urls.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"{name} did not start; see {work / (name + '.log')}")
-        time.sleep(0.05)
-    return proc, json.loads(urls.read_text())
 
 
 def retrieve(url: str, headers: dict[str, str], mbps: float = 0.0) -> tuple[int, float]:
@@ -111,44 +89,24 @@ def main() -> None:
     print(f"study: {study.number_of_instances} instances, ~{args.study_mb} MB "
           f"({'generated in %.0f s' % (time.perf_counter() - t) if added else 'reused'}; {pacs_dir})")
 
-    secrets = {BROKER_CLIENT_ID: "bench-broker-secret-0123456789",
-               INTROSPECTION_CLIENT_ID: "bench-intro-secret-0123456789"}
-    regs = demo_clients_json()["clients"]
-    for reg in regs:
-        if reg["client_id"] in secrets:
-            reg["client_secret"] = secrets[reg["client_id"]]
-    clients = tuple(OAuthClient.from_json(r) for r in regs)
     loop = ServerLoop().start()
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        ehr_settings = EHRSettings(data_dir=work / "ehr", plan=plan, clients=clients)
-        ehr = loop.serve(lambda url: make_ehr(ehr_settings, url)).url
-        intro_settings = IntrospectionSettings(ehr_fhir=ehr + "/fhir", mode=Mode.RELAY,
-                                               client_id=INTROSPECTION_CLIENT_ID,
-                                               client_secret=secrets[INTROSPECTION_CLIENT_ID],
-                                               callers=clients)
-        intro = loop.serve(lambda url: make_introspection(intro_settings, url)).url + "/introspect"
-        pacs_proc, pacs_urls = start_role(["pacs", "--data-dir", str(pacs_dir), "--no-fsync"], work, "pacs")
+        pacs_proc, pacs_url = start_pacs(pacs_dir, work)
         procs.append(pacs_proc)
-        secret_file = work / "broker-secret"
-        secret_file.write_text(secrets[BROKER_CLIENT_ID])
-        os.chmod(secret_file, 0o600)
-        broker_proc, broker_urls = start_role(
-            ["broker", "--pacs", pacs_urls["pacs_dicomweb"], "--introspection", intro, "--ehr", ehr + "/fhir",
-             "--client-secret-file", str(secret_file), "--data-dir", str(work / "broker")], work, "broker")
+        stack = start_broker_stack(loop, plan, pacs_url, work)
+        broker_proc = stack.broker
         procs.append(broker_proc)
-        user = next(u for u in plan.users if u.patient_ids == (patient.id,))
-        token = launch(ehr, user.username, user.password, patient.id)["access_token"]
-        auth = {"Authorization": f"Bearer {token}"}
-        direct_url = f"{pacs_urls['pacs_dicomweb']}/studies/{study.study_uid}"
-        broker_url = f"{broker_urls['broker_dicomweb']}/studies/{study.study_uid}"
+        auth = {"Authorization": f"Bearer {stack.token(plan, patient.id)}"}
+        direct_url = f"{pacs_url}/studies/{study.study_uid}"
+        broker_url = f"{stack.broker_dicomweb}/studies/{study.study_uid}"
 
         broker_ps = psutil.Process(broker_proc.pid)
         pacs_ps = psutil.Process(pacs_proc.pid)
         me = psutil.Process()
 
         def cpu() -> tuple[float, float, float]:
-            return tuple(sum(p.cpu_times()[:2]) for p in (pacs_ps, broker_ps, me))  # type: ignore[return-value]
+            return tuple(sum(p.cpu_times()[:2]) for p in (pacs_ps, broker_ps, me))
 
         cpu_direct = [0.0, 0.0, 0.0]
         cpu_broker = [0.0, 0.0, 0.0]

@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 
@@ -70,6 +71,33 @@ print(json.dumps({"seconds": elapsed, "bytes": total, "files": len(datasets),
 """
 
 
+KIT_DATASETS = r"""
+import json, resource, sys, time
+import pandas, pydicom, httpx, tqdm.auto, dicomweb_client  # imports are not what is measured
+from s4s_jupyter.client import dicomweb, retrieve
+from s4s_jupyter import DICOMweb
+url, study, connections = sys.argv[1:4]
+t = time.perf_counter()
+with DICOMweb(url, connections_per_host=int(connections)) as pacs:
+    datasets = pacs.retrieve(study, progress=False)
+elapsed = time.perf_counter() - t
+print(json.dumps({"seconds": elapsed, "files": len(datasets),
+                  "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+"""
+
+DWC_DATASETS = r"""
+import json, resource, sys, time
+import pandas, pydicom, httpx  # imports are not what is measured
+from dicomweb_client import DICOMwebClient
+url, study = sys.argv[1:3]
+t = time.perf_counter()
+datasets = DICOMwebClient(url).retrieve_study(study)
+elapsed = time.perf_counter() - t
+print(json.dumps({"seconds": elapsed, "files": len(datasets),
+                  "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+"""
+
+
 def run_python(code: str, *args: str) -> dict[str, float]:
     out = subprocess.run([sys.executable, "-c", code, *args], check=True, capture_output=True, text=True)
     result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
@@ -89,6 +117,68 @@ def run_curl(urls: list[str], out: Path, parallel: int) -> dict[str, float]:
     size = sum(p.stat().st_size for p in out.iterdir())
     return {"seconds": elapsed, "bytes": size, "files": len(urls),
             "peak_rss": int(done.stderr.strip().splitlines()[-1]) * 1024}
+
+
+def figures(url: str, study_uid: str, study_bytes: int, large_uid: str, large_bytes: int, work: Path,
+            rounds: int, connections: int = 4) -> list[Any]:
+    """The kit's figures for :mod:`benchmarks.run` (issue 8), each against its baseline in the same run.
+
+    MB/s are the study's stored bytes over each client's time, so clients are compared on the same work.
+    """
+    from benchmarks.stats import Figure, Target
+
+    def fresh(name: str) -> str:
+        d = work / name
+        shutil.rmtree(d, ignore_errors=True)
+        return str(d)
+
+    def mbps(result: dict[str, float], size: int = study_bytes) -> float:
+        return size / result["seconds"] / 1e6
+
+    study_url = f"{url}/studies/{study_uid}"
+    rows = [
+        ("study to disk", "kit download", "dicomweb-client retrieve_study + save_as",
+         Target(">=", 2.0, "kit >= 2 x dicomweb-client"),
+         lambda: run_python(KIT, url, study_uid, fresh("kit"), str(connections), "study"),
+         lambda: run_python(DWC, url, study_uid, fresh("dwc"))),
+        ("study into pydicom datasets", "kit retrieve", "dicomweb-client retrieve_study",
+         Target(">=", 2.0, "kit >= 2 x dicomweb-client"),
+         lambda: run_python(KIT_DATASETS, url, study_uid, str(connections)),
+         lambda: run_python(DWC_DATASETS, url, study_uid)),
+        ("study to disk vs curl", "kit download", "curl (one request, to one file)",
+         Target(">=", 0.5, "kit >= 0.5 x curl"),
+         lambda: run_python(KIT, url, study_uid, fresh("kit"), str(connections), "study"),
+         lambda: run_curl([study_url], Path(fresh("curl")), 1)),
+    ]
+    out: list[Any] = []
+    memory: dict[str, list[float]] = {}
+    for name, ours_label, base_label, target, ours, base in rows:
+        fig = Figure("kit", f"multi-series study ({study_bytes / 1e6:.0f} MB) {name}", "MB/s", ours_label,
+                     base_label, target)
+        for n in range(rounds):
+            order = [(ours, fig.ours, ours_label), (base, fig.baseline, base_label)]
+            for run, samples, label in (order if n % 2 == 0 else order[::-1]):
+                result = run()
+                samples.append(mbps(result))
+                memory.setdefault(f"{name}: {label}", []).append(result["peak_rss"] / 2**20)
+        out.append(fig)
+        print(f"  {fig.name}: {fig.value(fig.ours):.0f} vs {fig.value(fig.baseline):.0f} MB/s")
+    datasets = Figure("memory", f"client peak RSS, study ({study_bytes / 1e6:.0f} MB) into pydicom datasets",
+                      "MiB", "kit retrieve", "dicomweb-client retrieve_study", None, stat="max",
+                      ours=memory["study into pydicom datasets: kit retrieve"],
+                      baseline=memory["study into pydicom datasets: dicomweb-client retrieve_study"])
+    large = Figure("memory", f"kit download peak RSS: {large_bytes / 1e6:.0f} MB study vs "
+                   f"{study_bytes / 1e6:.0f} MB study", "MiB", f"{large_bytes / 1e6:.0f} MB study",
+                   f"{study_bytes / 1e6:.0f} MB study",
+                   Target("<=", 1.25, "bounded: peak(large) <= 1.25 x peak(ordinary)"), stat="max",
+                   baseline=memory["study to disk: kit download"])
+    for _ in range(rounds):
+        result = run_python(KIT, url, large_uid, fresh("kit-large"), str(connections), "study")
+        large.ours.append(result["peak_rss"] / 2**20)
+        large.note = f"kit download of the large study: {mbps(result, large_bytes):.0f} MB/s"
+    shutil.rmtree(work, ignore_errors=True)
+    print(f"  {large.name}: {large.value(large.ours):.0f} vs {large.value(large.baseline):.0f} MiB")
+    return [*out, datasets, large]
 
 
 def median(runs: list[dict[str, float]]) -> dict[str, float]:

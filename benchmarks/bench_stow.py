@@ -1,0 +1,93 @@
+"""STOW-RS (PS3.18 10.5) instances/s with 1 and 4 connections: our PACS vs Orthanc.
+
+The instances stored are copies of one generated series with fresh Study/Series/SOP Instance UIDs (and
+a PatientID of their own, so the other figures' queries do not see them), built before the clock starts:
+each request carries one new study of ``batch`` instances; ``connections`` threads send the requests,
+one httpx connection each.
+"""
+
+from __future__ import annotations
+
+import io
+import queue
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pydicom
+from pydicom.uid import generate_uid
+
+from benchmarks.stats import Figure, Target
+
+NOT_BEHIND = Target(">=", 1.0, "ours >= Orthanc")
+PATIENT_ID = "BENCH-STOW"
+
+
+def copies(files: list[Path], batch: int) -> list[tuple[str, bytes]]:
+    """``(content type, multipart body)`` per request: ``files`` re-identified, ``batch`` per study."""
+    bodies = []
+    for start in range(0, len(files), batch):
+        study, series = generate_uid(), generate_uid()
+        boundary = generate_uid().replace(".", "")
+        out = io.BytesIO()
+        for path in files[start:start + batch]:
+            ds = pydicom.dcmread(path)
+            ds.PatientID = PATIENT_ID
+            ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+            part = io.BytesIO()
+            ds.save_as(part, enforce_file_format=True)
+            out.write(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode())
+            out.write(part.getvalue())
+            out.write(b"\r\n")
+        out.write(f"--{boundary}--\r\n".encode())
+        bodies.append((f'multipart/related; type="application/dicom"; boundary={boundary}', out.getvalue()))
+    return bodies
+
+
+def store(base: str, bodies: list[tuple[str, bytes]], connections: int, instances: int) -> float:
+    """POST every body to ``{base}/studies`` over ``connections`` connections; instances per second."""
+    work: queue.Queue[tuple[str, bytes]] = queue.Queue()
+    for b in bodies:
+        work.put(b)
+    errors: list[str] = []
+
+    def sender() -> None:
+        with httpx.Client(timeout=300) as client:
+            while True:
+                try:
+                    ctype, body = work.get_nowait()
+                except queue.Empty:
+                    return
+                r = client.post(f"{base}/studies", content=body,
+                                headers={"Content-Type": ctype, "Accept": "application/dicom+json"})
+                if r.status_code != 200:
+                    errors.append(f"{r.status_code} {r.text[:200]}")
+
+    threads = [threading.Thread(target=sender) for _ in range(connections)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seconds = time.perf_counter() - start
+    if errors:
+        raise SystemExit(f"STOW-RS to {base} failed: {errors[0]}")
+    return instances / seconds
+
+
+def stow(ours: str, orthanc: str, files: list[Path], batch: int, rounds: int) -> list[Figure]:
+    figures = []
+    for connections in (1, 4):
+        fig = Figure("STOW-RS", f"store, {connections} connection{'s' if connections > 1 else ''} "
+                     f"({len(files)} instances, {batch} per request)", "instances/s", "our PACS", "Orthanc",
+                     NOT_BEHIND)
+        for n in range(rounds):
+            order = [(ours, fig.ours), (orthanc, fig.baseline)]
+            for base, samples in (order if n % 2 == 0 else order[::-1]):
+                bodies = copies(files, batch)  # fresh UIDs for every store; built before the clock starts
+                samples.append(store(base, bodies, connections, len(files)))
+        figures.append(fig)
+        print(f"  {fig.name}: {fig.value(fig.ours):.0f} vs {fig.value(fig.baseline):.0f} instances/s")
+    return figures

@@ -1,0 +1,110 @@
+"""The machine's limits, so every throughput is also a fraction of what the hardware allows.
+
+- Loopback: curl GETs a large file from the simplest fast server, an asyncio one that answers every
+  request with ``loop.sendfile`` (zero-copy from the page cache), run as a subprocess
+  (``python -m benchmarks.ceilings FILE``).
+- Disk: reading the data set's files (the same files both PACSes serve), cold (page cache dropped) and
+  warm.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from benchmarks.clients import curl_get
+from benchmarks.stats import Figure
+from benchmarks.systems import drop_caches, stop
+
+
+def ceiling_file(folder: Path, size: int = 1 << 30) -> Path:
+    """A ``size``-byte file of random bytes under ``folder`` (written once)."""
+    path = folder / f"ceiling-{size}.bin"
+    if not path.exists() or path.stat().st_size != size:
+        block = os.urandom(1 << 20)
+        with path.open("wb") as f:
+            for _ in range(size >> 20):
+                f.write(block)
+    return path
+
+
+def loopback(folder: Path, rounds: int) -> Figure:
+    path = ceiling_file(folder)
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.ceilings", str(path)], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+        url = f"http://127.0.0.1:{port}/"
+        curl_get(url, "*/*")
+        fig = Figure("ceilings", f"loopback: curl GET of {path.stat().st_size >> 20} MiB from a sendfile "
+                     "server", "MB/s", "curl", "", None)
+        for _ in range(rounds):
+            size, seconds = curl_get(url, "*/*")
+            fig.ours.append(size / seconds / 1e6)
+    finally:
+        stop(proc)  # type: ignore[arg-type]
+    print(f"  {fig.name}: {fig.value(fig.ours):.0f} MB/s")
+    return fig
+
+
+def read_all(files: Iterable[Path]) -> float:
+    buf = bytearray(1 << 20)
+    total = 0
+    start = time.perf_counter()
+    for path in files:
+        with path.open("rb", buffering=0) as f:
+            while n := f.readinto(buf):
+                total += n
+    return total / (time.perf_counter() - start) / 1e6
+
+
+def disk(files: list[Path], rounds: int) -> list[Figure]:
+    figures = []
+    for cache in ("cold", "warm"):
+        fig = Figure("ceilings", f"disk: reading {len(files)} of the data set's files, {cache} cache", "MB/s",
+                     "read", "", None)
+        if cache == "cold" and not drop_caches():
+            fig.note = "skipped: dropping the page cache needs root"
+        else:
+            read_all(files)
+            for _ in range(rounds):
+                if cache == "cold":
+                    drop_caches()
+                fig.ours.append(read_all(files))
+        figures.append(fig)
+        print(f"  {fig.name}: {fig.value(fig.ours):.0f} MB/s")
+    return figures
+
+
+async def _serve(path: Path) -> None:
+    size = path.stat().st_size
+    head = (f"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {size}\r\n"
+            "\r\n").encode()
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")  # one request (any), one answer: the whole file
+                writer.write(head)
+                await writer.drain()
+                with path.open("rb") as f:
+                    await loop.sendfile(writer.transport, f)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    await server.serve_forever()
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(Path(sys.argv[1])))

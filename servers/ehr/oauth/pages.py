@@ -154,7 +154,8 @@ class AuthPageHandler(BaseHandler):
         self.redirect_to_client(response)
 
     def redirect_to_client(self, response: OAuthResponse) -> None:
-        location = response.location
+        """The one way back to the client: every authorization response, with RFC 9207 ``iss``."""
+        location = self.server.with_issuer(response).location
         if not location:
             raise PageError("the authorization server produced no redirect", status=500)
         self.redirect(location, status=302)

@@ -7,6 +7,11 @@ that the Tornado handler writes, and an error that is not a redirect is raised a
 :class:`~s4s_jupyter.core.errors.OAuthError`, so :class:`servers.base.OAuthHandler` writes RFC 6749 5.2
 JSON in the one place errors become HTTP.
 
+Every authorization response that goes back to the client (a code, or an error redirect) carries ``iss``,
+the issuer of the SMART configuration (RFC 9207 2), added by Authlib's
+:class:`~authlib.oauth2.rfc9207.IssuerParameter` in :meth:`SmartAuthorizationServer.with_issuer`, so a
+client talking to several authorization servers can detect a mix-up (RFC 9700 4.4).
+
 The token generator adds SMART App Launch 2.x's fields to Authlib's Bearer token: ``patient`` when
 ``launch/patient`` was granted, ``id_token`` when ``openid`` was, and a refresh token only with
 ``offline_access`` or ``online_access``.
@@ -22,6 +27,7 @@ from typing import Any
 
 from authlib.oauth2.rfc6749 import AuthorizationServer, JsonRequest, OAuth2Payload, OAuth2Request
 from authlib.oauth2.rfc6749.errors import InsecureTransportError, InvalidScopeError, OAuth2Error
+from authlib.oauth2.rfc9207 import IssuerParameter
 from tornado.httputil import HTTPServerRequest
 
 from s4s_jupyter.core.errors import OAuthError
@@ -64,6 +70,25 @@ class OAuthResponse:
     @property
     def location(self) -> str | None:
         return dict(self.headers).get("Location")
+
+    @location.setter
+    def location(self, value: str) -> None:
+        self.headers = [(k, v) for k, v in self.headers if k.lower() != "location"] + [("Location", value)]
+
+
+class SmartIssuerParameter(IssuerParameter):
+    """RFC 9207's ``iss`` authorization response parameter with this server's issuer.
+
+    Applied by :meth:`SmartAuthorizationServer.with_issuer` rather than registered as an Authlib extension:
+    Authlib 1.9 registers it on a server hook its ``create_authorization_response`` never runs, and error
+    redirects for requests refused before consent do not pass through that method at all.
+    """
+
+    def __init__(self, issuer: str) -> None:
+        self.issuer = issuer
+
+    def get_issuer(self) -> str:
+        return self.issuer
 
 
 class ParamsPayload(OAuth2Payload):
@@ -124,6 +149,7 @@ class SmartAuthorizationServer(AuthorizationServer):
         self.store = store
         self.signer = signer
         self.introspector = TokenIntrospector(store, endpoints.issuer)
+        self.issuer_parameter = SmartIssuerParameter(endpoints.issuer)
         self.register_token_generator("default", self.generate_bearer_token)
         self.register_grant(SmartAuthorizationCodeGrant, [S256CodeChallenge(), SmartLaunchRules()])
         self.register_grant(SmartRefreshTokenGrant)
@@ -177,6 +203,11 @@ class SmartAuthorizationServer(AuthorizationServer):
         if error.redirect_uri:
             return super().handle_error_response(request, error)
         raise to_project_error(error)
+
+    def with_issuer(self, response: OAuthResponse) -> OAuthResponse:
+        """The authorization response (success or error redirect) with ``iss`` added (RFC 9207 2)."""
+        self.issuer_parameter.add_issuer_parameter(self, response)
+        return response
 
     def send_signal(self, name: str, *args: Any, **kwargs: Any) -> None:
         if name == "after_revoke_token":

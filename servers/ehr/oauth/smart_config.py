@@ -46,6 +46,7 @@ def smart_configuration(endpoints: OAuthEndpoints,
         "response_types_supported": ["code"],
         "code_challenge_methods_supported": ["S256"],
         "id_token_signing_alg_values_supported": ["RS256"],
+        "authorization_response_iss_parameter_supported": True,
         "capabilities": list(CAPABILITIES),
     }
     doc["associated_endpoints"] = [a.to_json() for a in associated]
@@ -68,4 +69,5 @@ def openid_configuration(endpoints: OAuthEndpoints) -> dict[str, Any]:
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "none"],
         "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
         "code_challenge_methods_supported": ["S256"],
+        "authorization_response_iss_parameter_supported": True,
     }

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import os
 import re
 import secrets
 from collections.abc import Iterable, Iterator
@@ -27,12 +28,14 @@ from authlib.oauth2.rfc6749 import ClientMixin
 
 from s4s_jupyter.core.scopes import ScopeContext, ScopeSet, ScopeSyntaxError
 
-#: The kit's public client and its redirect URIs (loopback: any port, RFC 8252 7.3).
+#: The kit's public client and its redirect URIs (loopback: any port, RFC 8252 7.3): the kit's own
+#: loopback listener, and the Jupyter extension's callback for JupyterLab opened at 127.0.0.1 or localhost.
 KIT_CLIENT_ID = "s4s-jupyter"
 KIT_REDIRECT_URIS = (
     "http://127.0.0.1/callback",
     "http://localhost/callback",
     "http://127.0.0.1/s4s/oauth/callback",
+    "http://localhost/s4s/oauth/callback",
 )
 KIT_SCOPE = ("launch/patient openid fhirUser profile offline_access online_access "
              "patient/*.rs user/*.rs")
@@ -215,17 +218,61 @@ def demo_clients_json(secret_factory: Any = None) -> dict[str, Any]:
 
 
 def ensure_demo_clients_file(path: Path) -> Path:
-    """Create the demo clients file with fresh random secrets on first start; keep it afterwards.
+    """Create the demo clients file with fresh random secrets on first start; keep it afterwards, with the
+    kit's public registration brought up to date (:func:`refresh_demo_kit_client`).
 
     Other roles of the demo (broker, introspection service) read their secret from this file.
     """
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(demo_clients_json(), indent=2) + "\n")
-        tmp.chmod(0o600)
-        tmp.replace(path)
+        _write_private(path, demo_clients_json())
+        return path
+    try:
+        data = json.loads(path.read_text())
+    except ValueError:
+        return path  # not ours to repair: load_clients reports it
+    if refresh_demo_kit_client(data):
+        _write_private(path, data)
     return path
+
+
+def refresh_demo_kit_client(data: Any) -> bool:
+    """Bring the kit's demo registration in a clients file (as parsed JSON, changed in place) up to date:
+    a data folder made by an older version gets the redirect URIs and scopes the kit uses now.
+
+    Only the public registration with client id :data:`KIT_CLIENT_ID` is touched, and only additively:
+    the current :data:`KIT_REDIRECT_URIS` and :data:`KIT_SCOPE` are added to what it lists (a redirect URI
+    or scope someone added by hand stays). Confidential registrations, their secrets, and registrations
+    someone added are left exactly as they are. Returns whether anything changed.
+    """
+    items = data.get("clients") if isinstance(data, dict) else data
+    if not isinstance(items, list):
+        return False
+    changed = False
+    for item in items:
+        if not isinstance(item, dict) or item.get("client_id") != KIT_CLIENT_ID or item.get("client_secret"):
+            continue
+        uris = item.get("redirect_uris")
+        scope = item.get("scope")
+        if not isinstance(uris, list) or not isinstance(scope, str):
+            continue
+        merged_uris = [*uris, *(u for u in KIT_REDIRECT_URIS if u not in uris)]
+        merged_scope = " ".join(dict.fromkeys([*scope.split(), *KIT_SCOPE.split()]))
+        if merged_uris != uris or merged_scope != scope:
+            item["redirect_uris"], item["scope"] = merged_uris, merged_scope
+            changed = True
+    return changed
+
+
+def _write_private(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON to ``path`` atomically, readable by the owner only from the first byte."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(data, indent=2) + "\n")
+    os.chmod(tmp, 0o600)
+    tmp.replace(path)
 
 
 def demo_client(data_dir: Path, client_id: str) -> Client:

@@ -4,13 +4,19 @@ and password hashing."""
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from servers.ehr.command import demo_clients
 from servers.ehr.oauth.clients import (
+    BROKER_CLIENT_ID,
     INTROSPECTION_CLIENT_ID,
     KIT_CLIENT_ID,
+    KIT_REDIRECT_URIS,
+    KIT_SCOPE,
     Client,
     ClientRegistry,
     demo_client,
@@ -19,6 +25,10 @@ from servers.ehr.oauth.clients import (
     redirect_uri_matches,
 )
 from servers.ehr.oauth.users import hash_password, verify_password
+from tests.ehr.conftest import RunningEHR
+
+from .browserless import launch_params
+from .helpers import authorize_raw
 
 
 @pytest.mark.parametrize(("registered", "requested", "ok"), [
@@ -84,6 +94,64 @@ def test_demo_clients_file_is_created_once_with_random_secrets(tmp_path: Path) -
     kit = demo_client(tmp_path, KIT_CLIENT_ID)
     assert not kit.is_confidential and "http://127.0.0.1/s4s/oauth/callback" in kit.redirect_uris
     assert demo_client(tmp_path / "other", INTROSPECTION_CLIENT_ID).client_secret != first.client_secret
+
+
+#: the demo clients file as the first version of the EHR wrote it, plus a user's own additions
+OLD_KIT = {"client_id": KIT_CLIENT_ID, "client_name": "s4s-jupyter research kit",
+           "redirect_uris": ["http://127.0.0.1/callback", "http://localhost/callback",
+                             "http://127.0.0.1/s4s/oauth/callback", "http://127.0.0.1/my-own/callback"],
+           "grant_types": ["authorization_code", "refresh_token"],
+           "scope": "launch/patient openid fhirUser profile offline_access online_access patient/*.rs"}
+OLD_FILE = {"clients": [
+    OLD_KIT,
+    {"client_id": BROKER_CLIENT_ID, "client_name": "s4s FHIR broker", "client_secret": "old-broker-secret",
+     "grant_types": ["client_credentials"], "scope": "system/*.rs"},
+    {"client_id": INTROSPECTION_CLIENT_ID, "client_secret": "old-introspection-secret",
+     "grant_types": ["client_credentials"], "scope": "system/*.rs"},
+    {"client_id": "users-app", "redirect_uris": ["http://127.0.0.1/cb"], "scope": "patient/*.rs"},
+]}
+
+
+def test_old_demo_clients_file_picks_up_the_kits_current_redirect_uris(
+        tmp_path: Path, start_ehr: Callable[..., RunningEHR]) -> None:
+    path = demo_clients_path(tmp_path)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(OLD_FILE, indent=2))
+    os.chmod(path, 0o600)
+    assert "http://localhost/s4s/oauth/callback" in KIT_REDIRECT_URIS
+    clients = {c.client_id: c for c in demo_clients(tmp_path)}  # what the EHR loads at start
+    kit = clients[KIT_CLIENT_ID]
+    assert set(kit.redirect_uris) == {*KIT_REDIRECT_URIS, "http://127.0.0.1/my-own/callback"}
+    assert set(kit.scope.split()) == set(KIT_SCOPE.split()) and not kit.is_confidential
+    # secrets, confidential registrations and registrations a user added: untouched
+    on_disk = json.loads(path.read_text())["clients"]
+    assert on_disk[1:] == OLD_FILE["clients"][1:]
+    assert clients[BROKER_CLIENT_ID].client_secret == "old-broker-secret"
+    assert path.stat().st_mode & 0o077 == 0
+    # idempotent: a second start leaves the file as it is
+    before = path.read_bytes()
+    demo_clients(tmp_path)
+    assert path.read_bytes() == before
+    # and the EHR started from it sends a launch from JupyterLab at localhost:ANY-PORT to the login
+    ehr = start_ehr(clients=tuple(clients.values()))
+    for uri in ("http://localhost:8888/s4s/oauth/callback", "http://127.0.0.1:8888/s4s/oauth/callback",
+                "http://127.0.0.1:5/my-own/callback"):
+        params, _ = launch_params(ehr.url, redirect_uri=uri)
+        r = authorize_raw(ehr, params)
+        assert r.status_code == 303 and r.headers["location"] == "/auth/login", uri
+
+
+def test_a_kit_registration_made_confidential_or_broken_is_left_alone(tmp_path: Path) -> None:
+    path = demo_clients_path(tmp_path)
+    path.parent.mkdir(parents=True)
+    confidential = {"clients": [{**OLD_KIT, "client_secret": "mine"}]}
+    path.write_text(json.dumps(confidential))
+    demo_clients(tmp_path)
+    assert json.loads(path.read_text()) == confidential
+    path.write_text("{not json")
+    with pytest.raises(ValueError):
+        demo_clients(tmp_path)
+    assert path.read_text() == "{not json"
 
 
 def test_passwords_are_salted_scrypt_hashes() -> None:

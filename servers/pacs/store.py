@@ -32,10 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from pydicom.datadict import tag_for_keyword
-from pydicom.dataelem import DataElement
-from pydicom.dataset import Dataset
 
 from s4s_jupyter.core.errors import DICOMwebError
+from servers.pacs.jsonmodel import to_json
 from servers.pacs.validation import CheckedInstance, check_part10
 
 #: stands for the service's base URL inside stored JSON (a private-use character no DICOM value holds);
@@ -178,17 +177,19 @@ def _subset(meta: dict[str, Any], tags: tuple[str, ...]) -> dict[str, Any]:
     return {t: meta[t] for t in tags if t in meta and "BulkDataURI" not in meta[t]}
 
 
-def _text(ds: Dataset, keyword: str) -> str:
-    value = ds.get(keyword)
-    if value is None:
+def _text(meta: dict[str, Any], keyword: str) -> str:
+    """An attribute of the DICOM JSON ``meta`` as index text (values joined by ``\\``; PN Alphabetic)."""
+    element = meta.get(f"{tag_for_keyword(keyword):08X}")
+    if not element or "Value" not in element:
         return ""
-    return str(value).strip()
+    parts = [v.get("Alphabetic", "") if isinstance(v, dict) else str(v) for v in element["Value"]]
+    return "\\".join(p for p in parts if p is not None).strip()
 
 
-def _int(ds: Dataset, keyword: str) -> int | None:
-    value = ds.get(keyword)
+def _int(meta: dict[str, Any], keyword: str) -> int | None:
+    element = meta.get(f"{tag_for_keyword(keyword):08X}")
     try:
-        return int(value) if value not in (None, "") else None
+        return int(element["Value"][0]) if element and element.get("Value") else None
     except (TypeError, ValueError):
         return None
 
@@ -204,26 +205,9 @@ def normalise_time(value: str) -> str:
 def metadata_json(checked: CheckedInstance, threshold: int) -> dict[str, Any]:
     """The instance's DICOM JSON (PS3.18 F.2): binary values longer than ``threshold`` become
     BulkDataURIs ``{base}/studies/../series/../instances/../bulkdata/{tag}[/{item}/{tag}...]``."""
-    ds = checked.dataset
     base = (f"{BASE}/studies/{checked.study_uid}/series/{checked.series_uid}"
             f"/instances/{checked.sop_instance_uid}/bulkdata/")
-    paths: dict[int, str] = {}
-
-    def walk(d: Dataset, prefix: str) -> None:
-        for elem in d:
-            path = f"{prefix}{elem.tag:08X}"
-            if elem.VR == "SQ":
-                for i, item in enumerate(elem.value):
-                    walk(item, f"{path}/{i}/")
-            else:
-                paths[id(elem)] = path
-
-    walk(ds, "")
-
-    def handler(elem: DataElement) -> str:
-        return base + paths.get(id(elem), f"{elem.tag:08X}")
-
-    return ds.to_json_dict(bulk_data_threshold=threshold, bulk_data_element_handler=handler)
+    return to_json(checked.dataset, lambda path: base + path, threshold)
 
 
 class Store:
@@ -344,8 +328,10 @@ class Store:
 
     def _write_file(self, sha: str, data: bytes) -> None:
         final = self.object_path(sha)
-        if final.exists() and final.stat().st_size == len(data):
-            return
+        # a losing concurrent writer of the same bytes may unlink the file between any two calls here
+        with contextlib.suppress(FileNotFoundError):
+            if final.stat().st_size == len(data):
+                return
         final.parent.mkdir(exist_ok=True)
         tmp = self.tmp / f"{uuid.uuid4().hex}.part"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -377,34 +363,32 @@ class Store:
 
     def _rows(self, c: CheckedInstance, sha: str, size: int) -> dict[str, Any]:
         """Everything the index keeps about one instance, computed outside the write lock."""
-        ds = c.dataset
         meta = metadata_json(c, self.bulk_data_threshold)
         qido = _subset(meta, INSTANCE_TAGS)
         qido["00080056"] = {"vr": "CS", "Value": ["ONLINE"]}
         qido["00081190"] = {"vr": "UR", "Value": [
             f"{BASE}/studies/{c.study_uid}/series/{c.series_uid}/instances/{c.sop_instance_uid}"]}
-        pn = ds.get("PatientName")
-        ref = ds.get("ReferringPhysicianName")
         return {
-            "study": (c.study_uid, _text(ds, "PatientID"), str(pn) if pn is not None else "",
-                      _text(ds, "PatientBirthDate"), _text(ds, "PatientSex"), _text(ds, "StudyDate"),
-                      normalise_time(_text(ds, "StudyTime")) if _text(ds, "StudyTime") else "",
-                      _text(ds, "AccessionNumber"), _text(ds, "StudyID"),
-                      str(ref) if ref is not None else "", _text(ds, "StudyDescription"),
+            "study": (c.study_uid, _text(meta, "PatientID"), _text(meta, "PatientName"),
+                      _text(meta, "PatientBirthDate"), _text(meta, "PatientSex"), _text(meta, "StudyDate"),
+                      normalise_time(_text(meta, "StudyTime")) if _text(meta, "StudyTime") else "",
+                      _text(meta, "AccessionNumber"), _text(meta, "StudyID"),
+                      _text(meta, "ReferringPhysicianName"), _text(meta, "StudyDescription"),
                       json.dumps(_subset(meta, STUDY_TAGS), ensure_ascii=False)),
-            "series": (c.series_uid, c.study_uid, _text(ds, "Modality"), _int(ds, "SeriesNumber"),
-                       _text(ds, "SeriesDescription"), _text(ds, "BodyPartExamined"), _text(ds, "SeriesDate"),
-                       _text(ds, "PerformedProcedureStepStartDate"),
-                       normalise_time(_text(ds, "PerformedProcedureStepStartTime"))
-                       if _text(ds, "PerformedProcedureStepStartTime") else "",
+            "series": (c.series_uid, c.study_uid, _text(meta, "Modality"), _int(meta, "SeriesNumber"),
+                       _text(meta, "SeriesDescription"), _text(meta, "BodyPartExamined"),
+                       _text(meta, "SeriesDate"),
+                       _text(meta, "PerformedProcedureStepStartDate"),
+                       normalise_time(_text(meta, "PerformedProcedureStepStartTime"))
+                       if _text(meta, "PerformedProcedureStepStartTime") else "",
                        json.dumps(_subset(meta, SERIES_TAGS), ensure_ascii=False)),
             "instance": (c.sop_instance_uid, c.series_uid, c.study_uid, c.sop_class_uid,
-                         _int(ds, "InstanceNumber"), _int(ds, "Rows"), _int(ds, "Columns"),
-                         _int(ds, "BitsAllocated"), _int(ds, "NumberOfFrames"), c.transfer_syntax_uid,
+                         _int(meta, "InstanceNumber"), _int(meta, "Rows"), _int(meta, "Columns"),
+                         _int(meta, "BitsAllocated"), _int(meta, "NumberOfFrames"), c.transfer_syntax_uid,
                          sha, size, c.pixel_offset, c.pixel_length,
                          json.dumps(dict(sorted(qido.items())), ensure_ascii=False),
                          json.dumps(meta, ensure_ascii=False)),
-            "patient_id": _text(ds, "PatientID"),
+            "patient_id": _text(meta, "PatientID"),
         }
 
     def _insert(self, c: CheckedInstance, rows: dict[str, Any]) -> None:

@@ -25,6 +25,12 @@ WEB_APP = {"client_id": "web-app", "client_name": "Confidential web app", "clien
            "redirect_uris": ["https://app.example.org/callback"],
            "grant_types": ["authorization_code", "refresh_token"],
            "scope": "launch/patient openid fhirUser offline_access patient/*.rs"}
+#: a second public client with the same loopback redirect URI as the kit: any app can claim a public
+#: client's id, so nothing issued to one public client may be usable by another (RFC 9700 4.5, 4.14)
+OTHER_PUBLIC_APP = {"client_id": "other-public-app", "client_name": "Another public app",
+                    "redirect_uris": ["http://127.0.0.1/callback"],
+                    "grant_types": ["authorization_code", "refresh_token"],
+                    "scope": "launch/patient openid fhirUser offline_access patient/*.rs"}
 
 
 def registered_clients() -> tuple[Client, ...]:
@@ -32,7 +38,7 @@ def registered_clients() -> tuple[Client, ...]:
     for reg in registrations:
         if reg["client_id"] in SECRETS:
             reg["client_secret"] = SECRETS[reg["client_id"]]
-    return tuple(Client.from_json(c) for c in [*registrations, WEB_APP])
+    return tuple(Client.from_json(c) for c in [*registrations, WEB_APP, OTHER_PUBLIC_APP])
 
 
 

@@ -154,11 +154,15 @@ class AuthPageHandler(BaseHandler):
         self.redirect_to_client(response)
 
     def redirect_to_client(self, response: OAuthResponse) -> None:
-        """The one way back to the client: every authorization response, with RFC 9207 ``iss``."""
+        """The one way back to the client: every authorization response, with RFC 9207 ``iss``.
+
+        After a form POST the status is 303, never 307 (RFC 9700 4.12): the browser must not re-send the
+        form (with its XSRF token, or a password) to the client; after a GET, 302 (RFC 6749 4.1.2).
+        """
         location = self.server.with_issuer(response).location
         if not location:
             raise PageError("the authorization server produced no redirect", status=500)
-        self.redirect(location, status=302)
+        self.redirect(location, status=303 if self.request.method == "POST" else 302)
 
     def send_authorize_error(self, error: OAuth2Error) -> None:
         """Redirect with the error when Authlib verified the redirect URI; else an error page."""

@@ -145,7 +145,8 @@ class PageUser:
             page = self.pick(patient)
         assert page.request.url.path == "/auth/consent", page.text
         response = self.decide(approve=approve, scopes=scopes)
-        assert response.status_code == 302 and self.leaves(response), response.text
+        # a 303 after the consent form's POST, never 307 (RFC 9700 4.12)
+        assert response.status_code == 303 and self.leaves(response), response.text
         return response.headers["location"]
 
 

@@ -100,3 +100,73 @@ def test_chromium_signs_in_picks_a_patient_narrows_consent_and_lands_on_the_list
     assert body["patient"] == patient
     assert "offline_access" not in body["scope"].split() and "refresh_token" not in body
     assert "id_token" in body
+
+
+class AttackerSite(BaseHTTPRequestHandler):
+    """Another site (reached as ``localhost``, so cross-site to the EHR at ``127.0.0.1``) serving a page
+    that auto-submits a consent form to the EHR."""
+
+    def do_GET(self) -> None:
+        body = self.server.page.encode()  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.browser
+def test_consent_cannot_be_auto_submitted_cross_site(ehr: RunningEHR, listener: ThreadingHTTPServer) -> None:
+    """RFC 9700 4.4.1 (CSRF), SMART "Best Practices": while the victim's browser sits on the consent page,
+    another site's auto-submitting form, even one carrying the victim's own XSRF value, decides nothing:
+    the SameSite=Strict XSRF cookie and the SameSite=Lax request cookie are not sent cross-site. The victim
+    can still decide afterwards, and only the victim's decision reaches the app."""
+    from playwright.sync_api import sync_playwright
+
+    user = next(u for u in ehr.plan.users if len(u.patient_ids) == 1)
+    redirect_uri = f"http://127.0.0.1:{listener.server_address[1]}/callback"
+    params, verifier = launch_params(ehr.url, redirect_uri=redirect_uri)
+    attacker = ThreadingHTTPServer(("127.0.0.1", 0), AttackerSite)
+    thread = threading.Thread(target=attacker.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                context = browser.new_context()  # one browser profile: the victim's cookies
+                victim = context.new_page()
+                victim.goto(ehr.endpoints.authorize + "?" + urlencode(params))
+                victim.fill("input[name=username]", user.username)
+                victim.fill("input[name=password]", user.password)
+                victim.click("button[type=submit]")
+                assert victim.url == ehr.url + "/auth/consent"
+                xsrf = victim.get_attribute("input[name=_xsrf]", "value")
+                assert xsrf
+                attacker.page = (  # type: ignore[attr-defined]
+                    f'<!doctype html><form method="post" action="{ehr.url}/auth/consent">'
+                    f'<input name="_xsrf" value="{xsrf}"><input name="scope" value="patient/*.rs">'
+                    '<input name="approve" value="approve"></form>'
+                    "<script>document.forms[0].submit()</script>")
+                evil = context.new_page()
+                with evil.expect_navigation(url=f"{ehr.url}/auth/consent"):
+                    evil.goto(f"http://localhost:{attacker.server_address[1]}/evil")
+                assert evil.url == ehr.url + "/auth/consent"  # stopped at the EHR, not sent to the app
+                assert "XSRF" in evil.inner_text("main")
+                assert not [q for q in listener.received if q.startswith("/callback")]  # type: ignore[attr-defined]
+                # the victim's own decision still works, and is the only one the app receives
+                with victim.expect_navigation(url=f"{redirect_uri}?*"):
+                    victim.click("button[name=approve]")
+                landed = victim.url
+            finally:
+                browser.close()
+    finally:
+        attacker.shutdown()
+        attacker.server_close()
+    callbacks = [q for q in listener.received if q.startswith("/callback")]  # type: ignore[attr-defined]
+    assert len(callbacks) == 1
+    got = callback_params(landed)
+    assert got["state"] == params["state"] and got["iss"] == ehr.fhir_base
+    assert exchange(ehr, got["code"], verifier, params).status_code == 200

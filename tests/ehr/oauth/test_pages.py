@@ -143,7 +143,7 @@ def test_a_decision_is_made_once(ehr: RunningEHR) -> None:
         form = parse_form(page.text)
         decision = {**form.hidden, "approve": "approve", "scope": "patient/*.rs"}
         first = person.http.post(form.action, data=decision)
-        assert first.status_code == 302
+        assert first.status_code == 303
         again = person.http.post(form.action, data=decision)
         assert again.status_code == 400 and "location" not in again.headers
 

@@ -31,7 +31,7 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 
 from s4s_jupyter.core.errors import DICOMwebError
 from s4s_jupyter.core.uids import is_valid_uid
-from servers.pacs.store import BASE, Store, normalise_time
+from servers.pacs.store import BASE, INSTANCE_TAGS, SERIES_TAGS, STUDY_TAGS, Store, normalise_time
 
 
 class QueryLevel(Enum):
@@ -96,6 +96,10 @@ INSTANCE_RETURN = ("00080005", "00080016", "00080018", "00080056", "00080201", "
                    "00280010", "00280011", "00280100", "00280008")
 LEVEL_OF = {**{t: S for t in STUDY_RETURN}, **{t: SE for t in SERIES_RETURN},
             **{t: IN for t in INSTANCE_RETURN}}
+
+#: attributes an answer can take from the index without an instance's full metadata
+INDEXED_TAGS = frozenset(STUDY_TAGS) | frozenset(SERIES_TAGS) | frozenset(INSTANCE_TAGS) | frozenset(
+    STUDY_RETURN) | frozenset(SERIES_RETURN) | frozenset(INSTANCE_RETURN) | {"0020000E"}
 
 _STRING_VRS = {"AE", "AS", "CS", "DS", "IS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"}
 _INT_VRS = {"IS", "US", "UL", "SS", "SL", "UV", "SV"}
@@ -386,8 +390,9 @@ class QidoService:
             return ("[" + ",".join(texts) + "]").replace(BASE, base_url)
         results: list[dict[str, Any]] = []
         skipped = 0
+        parsed: dict[str, Any] = {}  # study and series attributes, parsed once per query
         for row in rows:
-            obj = self._result(q, row)
+            obj = self._result(q, row, parsed)
             if post and not all(_match_json(m, obj["__match__"]) for m in post):
                 continue
             del obj["__match__"]
@@ -433,9 +438,11 @@ class QidoService:
             order_by = " ORDER BY st.study_uid, se.series_number, se.series_uid"
         else:
             simple = not q.include and not q.include_all and q.series_uid is not None and not post
-            cols = "i.qido" if simple else ("i.qido, i.metadata, st.attrs, st.modalities, st.n_series, "
-                                             "st.n_instances, st.study_uid, se.attrs, se.n_instances, "
-                                             "se.series_uid")
+            # the full metadata is read only when an answer or a match needs more than the index holds
+            need_metadata = q.include_all or bool(post) or any(t not in INDEXED_TAGS for t in q.include)
+            cols = "i.qido" if simple else (f"i.qido, {'i.metadata' if need_metadata else 'NULL'}, "
+                                             "st.attrs, st.modalities, st.n_series, st.n_instances, "
+                                             "st.study_uid, se.attrs, se.n_instances, se.series_uid")
             sql = (f"SELECT {cols} FROM instances i JOIN series se ON se.series_uid = i.series_uid "
                    "JOIN studies st ON st.study_uid = i.study_uid")
             order_by = " ORDER BY st.study_uid, se.series_number, se.series_uid, i.instance_number, i.sop_uid"
@@ -453,8 +460,11 @@ class QidoService:
                 args.append(q.offset)
         return sql, args, post
 
-    def _study_part(self, q: Query, row: tuple[Any, ...], out: dict[str, Any]) -> dict[str, Any]:
-        attrs = json.loads(row[0])
+    def _study_part(self, q: Query, row: tuple[Any, ...], out: dict[str, Any],
+                    parsed: dict[str, Any]) -> dict[str, Any]:
+        attrs = parsed.get(row[4])
+        if attrs is None:
+            attrs = parsed[row[4]] = json.loads(row[0])
         modalities = [m for m in str(row[1]).split("\\") if m]
         study_uid = row[4]
         computed = {
@@ -470,9 +480,11 @@ class QidoService:
             out["00081190"] = {"vr": "UR", "Value": [f"{BASE}/studies/{study_uid}"]}
         return full
 
-    def _series_part(self, q: Query, row: tuple[Any, ...], out: dict[str, Any],
-                     study_uid: str) -> dict[str, Any]:
-        attrs = json.loads(row[0])
+    def _series_part(self, q: Query, row: tuple[Any, ...], out: dict[str, Any], study_uid: str,
+                     parsed: dict[str, Any]) -> dict[str, Any]:
+        attrs = parsed.get(row[2])
+        if attrs is None:
+            attrs = parsed[row[2]] = json.loads(row[0])
         full = {**attrs, "00201209": {"vr": "IS", "Value": [row[1]]},
                 "0020000D": {"vr": "UI", "Value": [study_uid]}}
         _pick(full, SERIES_RETURN, out)
@@ -481,17 +493,17 @@ class QidoService:
             out["00081190"] = {"vr": "UR", "Value": [f"{BASE}/studies/{study_uid}/series/{row[2]}"]}
         return full
 
-    def _result(self, q: Query, row: tuple[Any, ...]) -> dict[str, Any]:
+    def _result(self, q: Query, row: tuple[Any, ...], parsed: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         include = q.include
         if q.level is S:
-            full = self._study_part(q, row, out)
+            full = self._study_part(q, row, out, parsed)
             match_obj = full
         elif q.level is SE:
-            series_full = self._series_part(q, (row[5], row[6], row[7]), out, row[4])
+            series_full = self._series_part(q, (row[5], row[6], row[7]), out, row[4], parsed)
             out["0020000D"] = series_full["0020000D"]
             study_out: dict[str, Any] = {}
-            study_full = self._study_part(q, row[:5], study_out)
+            study_full = self._study_part(q, row[:5], study_out, parsed)
             if q.study_uid is None:
                 for t, v in study_out.items():
                     out.setdefault(t, v)
@@ -502,11 +514,11 @@ class QidoService:
             if len(row) == 1:
                 return {**inst, "__match__": inst}
             out.update(inst)
-            metadata = json.loads(row[1])
+            metadata = json.loads(row[1]) if row[1] is not None else inst
             series_out: dict[str, Any] = {}
-            series_full = self._series_part(q, (row[7], row[8], row[9]), series_out, row[6])
+            series_full = self._series_part(q, (row[7], row[8], row[9]), series_out, row[6], parsed)
             study_out = {}
-            study_full = self._study_part(q, row[2:7], study_out)
+            study_full = self._study_part(q, row[2:7], study_out, parsed)
             if q.series_uid is None:
                 for t, v in series_out.items():
                     out.setdefault(t, v)

@@ -124,6 +124,8 @@ def test_includefield_keywords_tags_and_all(loaded_pacs: PACS, small_plan: DemoP
     assert first(everything, "Manufacturer") == "S4S Synthetic"
     assert first(everything, "PatientID") == patient.mrn
     assert "7FE00010" not in everything  # bulk data is never part of a search answer
+    one = search(loaded_pacs, "/instances", PatientID=patient.mrn, includefield="SliceThickness,Manufacturer")
+    assert "00180050" in one[0] and first(one[0], "Manufacturer") == "S4S Synthetic"
 
 
 def test_limit_and_offset_page_through_results(loaded_pacs: PACS, small_plan: DemoPlan) -> None:

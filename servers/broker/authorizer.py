@@ -27,7 +27,8 @@ from typing import Protocol
 
 import httpx
 
-from s4s_jupyter.core.errors import FHIRForbidden, InvalidToken, OAuthError, UpstreamError
+from s4s_jupyter.core.bearer import require_active
+from s4s_jupyter.core.errors import FHIRForbidden, OAuthError, UpstreamError
 from s4s_jupyter.core.introspection import IntrospectionResult
 from s4s_jupyter.core.scopes import Interaction, ScopeContext, ScopeSet
 from servers.broker.cache import TTLCache
@@ -112,17 +113,6 @@ class Access:
     scope: str
 
 
-def bearer_token(authorization: str | None) -> str:
-    """The token of an ``Authorization: Bearer`` header (RFC 6750 2.1); 401 when absent or malformed."""
-    if not authorization:
-        raise InvalidToken("a bearer token is required")
-    scheme, _, token = authorization.strip().partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token or " " in token:
-        raise InvalidToken("the Authorization header must be 'Bearer <token>'")
-    return token
-
-
 def require_access(result: IntrospectionResult, interaction: Interaction | str, *,
                    patient: str | None = None, params: Mapping[str, str | list[str]] | None = None,
                    now: float | None = None) -> Access:
@@ -132,10 +122,7 @@ def require_access(result: IntrospectionResult, interaction: Interaction | str, 
     token's patient context. ``params``: the search parameters the broker honours, for v2 scopes with a
     query (``patient/ImagingStudy.rs?identifier=...``).
     """
-    if not result.active:
-        raise InvalidToken("the access token is not active")
-    if result.exp is not None and result.exp <= (time.time() if now is None else now):
-        raise InvalidToken("the access token has expired")
+    require_active(result, now)
     scopes = ScopeSet.parse(result.scope, strict=False)
     if not scopes.permits(ScopeContext.PATIENT, RESOURCE_TYPE, interaction, params):
         raise OAuthError(f"the token's scopes do not allow {RESOURCE_TYPE} "

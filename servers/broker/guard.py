@@ -6,11 +6,12 @@ from collections.abc import Mapping
 
 import tornado.web
 
+from s4s_jupyter.core.bearer import bearer_token
 from s4s_jupyter.core.errors import InvalidToken
 from s4s_jupyter.core.introspection import IntrospectionResult
 from s4s_jupyter.core.scopes import Interaction
 from servers.broker.audit import AuditRecord
-from servers.broker.authorizer import Access, bearer_token, require_access
+from servers.broker.authorizer import Access, require_access
 from servers.broker.context import BrokerContext
 
 
@@ -30,7 +31,7 @@ class GuardedMixin(tornado.web.RequestHandler):
 
     async def introspect(self) -> IntrospectionResult:
         """Introspect the request's bearer token; 401 unless it is active (RFC 6750 3.1)."""
-        token = bearer_token(self.request.headers.get("Authorization"))
+        token = bearer_token(self.request.headers.get("Authorization"), self.request.query_arguments)
         result = await self.ctx.authorizer.introspect(token)
         if not result.active:
             raise InvalidToken("the access token is not active")

@@ -125,6 +125,19 @@ def test_missing_invalid_and_revoked_tokens_are_401(stack: Stack) -> None:
         time.sleep(0.2)
 
 
+def test_tokens_in_the_query_string_are_refused_and_never_forwarded(stack: Stack) -> None:
+    # RFC 6750 2.3: refused (400) even beside a valid header, so a token never rides in a logged URL
+    patient = stack.plan.patients[0]
+    token = stack.token_response(patient)["access_token"]
+    for url in (f"{stack.broker_fhir}/ImagingStudy?patient={patient.id}",
+                f"{stack.broker_dicomweb}/studies/{patient.studies[0].study_uid}/metadata",
+                f"{stack.broker_dicomweb}/studies"):
+        for headers in ({}, {"Authorization": f"Bearer {token}"}):
+            r = httpx.get(url, params={"access_token": token}, headers=headers)
+            assert r.status_code == 400, (url, r.status_code, r.text)
+            assert token not in r.text
+
+
 def test_wrong_patient_or_scope_is_403_and_foreign_study_is_404(stack: Stack) -> None:
     mine, other = stack.plan.patients[0], stack.plan.patients[1]
     headers = stack.headers(mine)

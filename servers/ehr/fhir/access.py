@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from s4s_jupyter.core.errors import FHIRError, FHIRForbidden, InvalidToken, MissingToken, OAuthError
+from s4s_jupyter.core.bearer import require_active
+from s4s_jupyter.core.errors import FHIRError, FHIRForbidden, InvalidToken
 from s4s_jupyter.core.introspection import IntrospectionResult
 from s4s_jupyter.core.scopes import Interaction, ScopeContext, ScopeSet
 from servers.ehr.fhir.query import Criterion, SearchQuery, parse_search
@@ -46,35 +47,14 @@ class Grant:
     token: IntrospectionResult
 
 
-def refuse_token_outside_header(query: Mapping[str, object], body_has_token: bool = False) -> None:
-    """400 for ``access_token`` in the query string or a form body (RFC 6750 2.2, 2.3): never used."""
-    if "access_token" in query or body_has_token:
-        raise OAuthError("access tokens are accepted in the Authorization header only (RFC 6750 2.1)",
-                         error="invalid_request", status=400)
-
-
-def bearer_token(authorization: str | None, query: Mapping[str, object], body_has_token: bool = False) -> str:
-    """The bearer token of a request (RFC 6750 2.1); refuses tokens sent any other way."""
-    refuse_token_outside_header(query, body_has_token)
-    if not authorization:
-        raise MissingToken("missing bearer token")
-    scheme, _, token = authorization.strip().partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token or " " in token:
-        raise InvalidToken("the Authorization header must be 'Bearer <token>'")
-    return token
-
-
 async def introspect(introspector: Introspector, token: str, clock: Callable[[], float] = time.time
                      ) -> IntrospectionResult:
     """Introspect ``token``; raise :class:`InvalidToken` unless it is active and unexpired."""
     answer = introspector.introspect(token)
     result = await answer if inspect.isawaitable(answer) else answer
-    if not isinstance(result, IntrospectionResult) or not result.active:
+    if not isinstance(result, IntrospectionResult):
         raise InvalidToken("the access token is not active")
-    if result.exp is not None and result.exp <= clock():
-        raise InvalidToken("the access token has expired")
-    return result
+    return require_active(result, clock())
 
 
 def _restrictions(scopes: ScopeSet, contexts: Sequence[ScopeContext], resource_type: str,

@@ -19,19 +19,12 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
+from s4s_jupyter.core.bearer import bearer_token, refuse_token_outside_header
 from s4s_jupyter.core.errors import FHIRError, FHIRNotFound
 from s4s_jupyter.core.introspection import IntrospectionResult
 from s4s_jupyter.core.scopes import Interaction
 from servers.base import FHIR_JSON, FHIRHandler
-from servers.ehr.fhir.access import (
-    Grant,
-    Introspector,
-    bearer_token,
-    check_search,
-    grant_for,
-    introspect,
-    refuse_token_outside_header,
-)
+from servers.ehr.fhir.access import Grant, Introspector, check_search, grant_for, introspect
 from servers.ehr.fhir.capability import capability_statement
 from servers.ehr.fhir.negotiation import check_acceptable, check_body_type
 from servers.ehr.fhir.query import ID_PATTERN, SearchQuery, parse_search

@@ -19,6 +19,7 @@ Thread safety: every thread gets its own SQLite connection; writers are serialis
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -121,6 +122,10 @@ INSTANCE_KEYWORDS = (
     "SpecificCharacterSet", "SOPClassUID", "SOPInstanceUID", "TimezoneOffsetFromUTC", "InstanceNumber",
     "Rows", "Columns", "BitsAllocated", "NumberOfFrames", "StudyInstanceUID", "SeriesInstanceUID",
 )
+
+
+class StoreInUse(RuntimeError):
+    """Another open store (in this or another process) holds the data folder."""
 
 
 class Conflict(DICOMwebError):
@@ -230,6 +235,14 @@ class Store:
     # -- lifecycle ------------------------------------------------------------------------------------
 
     def _open(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # one store per folder: the tidying below would delete another process's files in flight
+        self._lock_file = open(self.data_dir / "lock", "a+b")  # noqa: SIM115 (held until close)
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.close()
+            raise StoreInUse(f"the PACS data folder {self.data_dir} is in use by another store") from None
         self.objects.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir(parents=True, exist_ok=True)
         for leftover in self.tmp.iterdir():  # a kill during a write leaves these behind
@@ -273,6 +286,7 @@ class Store:
                     conn.close()
             self._connections.clear()
         self._local = threading.local()
+        self._lock_file.close()  # releases the folder
 
     # -- storing --------------------------------------------------------------------------------------
 

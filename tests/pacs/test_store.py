@@ -16,7 +16,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from servers.pacs.store import Conflict, Store
+from servers.pacs.store import Conflict, Store, StoreInUse
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -122,3 +122,11 @@ def test_the_index_is_sqlite_in_wal_mode(tmp_path: Path) -> None:
     Store(tmp_path / "pacs").close()
     with sqlite3.connect(tmp_path / "pacs" / "index.sqlite3") as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_one_store_per_data_folder(tmp_path: Path) -> None:
+    first = Store(tmp_path / "pacs")
+    with pytest.raises(StoreInUse, match="in use"):
+        Store(tmp_path / "pacs")
+    first.close()
+    Store(tmp_path / "pacs").close()  # free again once closed

@@ -211,10 +211,11 @@ class DICOMweb:
                                    on_progress=on_progress)
 
     def download(self, what: Any, directory: str | os.PathLike[str], *, first_only: bool = False,
-                 progress: bool = True, on_progress: ProgressCallback | None = None) -> pd.DataFrame:
+                 progress: bool = True, on_progress: ProgressCallback | None = None,
+                 checksum: str = "crc32") -> pd.DataFrame:
         """Instances to files under ``directory``; returns the manifest (see :meth:`Retriever.download`)."""
         return self.retriever.download(self.targets(what), directory, first_only=first_only,
-                                       progress=progress, on_progress=on_progress)
+                                       progress=progress, on_progress=on_progress, checksum=checksum)
 
     def metadata(self, what: Any, *, first_only: bool = False) -> list[Dataset]:
         return metadata(self.targets(what), self.clients, first_only)

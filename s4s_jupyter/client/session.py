@@ -291,12 +291,15 @@ class Session:
                                    on_progress=on_progress)
 
     def download(self, what: Any, directory: str | os.PathLike[str], *, first_only: bool = False,
-                 progress: bool = True, on_progress: ProgressCallback | None = None) -> pd.DataFrame:
+                 progress: bool = True, on_progress: ProgressCallback | None = None,
+                 checksum: str = "crc32") -> pd.DataFrame:
         """Studies, series or instances to ``{directory}/{PatientID}/{StudyUID}/{SeriesUID}/{SOPUID}.dcm``,
         streamed, in parallel, resumable; returns the manifest DataFrame (FHIR ids, UIDs, paths, sizes,
-        status, error). Call again to fetch only what is missing or damaged."""
+        status, error). Call again to fetch only what is missing or damaged. ``checksum``: ``crc32`` or
+        ``sha256``, recorded per file (see :meth:`Retriever.download
+        <s4s_jupyter.client.retrieve.Retriever.download>`)."""
         return self.retriever.download(self.targets(what), directory, first_only=first_only,
-                                       progress=progress, on_progress=on_progress)
+                                       progress=progress, on_progress=on_progress, checksum=checksum)
 
     @property
     def dicomweb_clients(self) -> DicomwebClients:

@@ -90,7 +90,9 @@ Event = PartStart | PartData | PartEnd
 class MultipartParser:
     """Incremental parser: ``feed(chunk)`` yields events; ``close()`` checks the body ended properly.
 
-    Memory is bounded by the chunk size plus the boundary length, whatever the size of a part.
+    Memory is bounded by the chunk size plus the boundary length, whatever the size of a part. Inside a
+    part, a chunk without a delimiter is passed on as it is (no copy): what a WADO-RS download spends
+    most of its time on.
     """
 
     boundary: str
@@ -106,7 +108,26 @@ class MultipartParser:
         self._delim = CRLF + self._dash
 
     def feed(self, chunk: bytes) -> Iterator[Event]:
-        self._buf += chunk
+        if self._state == "body" and not self._buf:
+            # Fast path, the common case inside a large part: search the chunk itself and hand it on
+            # without copying it into the buffer (only the bytes after a delimiter are buffered).
+            chunk = chunk if isinstance(chunk, bytes) else bytes(chunk)
+            i = chunk.find(self._delim)
+            if i < 0:
+                keep = self._partial_delimiter(chunk)
+                if keep < len(chunk):
+                    yield PartData(chunk[:len(chunk) - keep] if keep else chunk)
+                if keep:
+                    self._buf += chunk[len(chunk) - keep:]
+                return
+            if i:
+                yield PartData(chunk[:i])
+            self._buf += memoryview(chunk)[i + len(self._delim):]
+            self._in_part = False
+            self._state = "after_delim"
+            yield PartEnd()
+        else:
+            self._buf += chunk
         while True:
             if self._state == "preamble":
                 # the first delimiter may start the body, or follow a preamble line
@@ -159,20 +180,41 @@ class MultipartParser:
             elif self._state == "body":
                 i = self._buf.find(self._delim)
                 if i < 0:
-                    safe = len(self._buf) - len(self._delim) + 1
+                    safe = len(self._buf) - self._partial_delimiter(self._buf)
                     if safe > 0:
-                        yield PartData(bytes(self._buf[:safe]))
-                        del self._buf[:safe]
+                        yield PartData(self._take(safe))
                     return
                 if i:
-                    yield PartData(bytes(self._buf[:i]))
-                del self._buf[: i + len(self._delim)]
+                    yield PartData(self._take(i))
+                del self._buf[: len(self._delim)]
                 self._in_part = False
                 self._state = "after_delim"
                 yield PartEnd()
             else:  # epilogue: ignored
                 self._buf.clear()
                 return
+
+    def _partial_delimiter(self, data: bytes | bytearray) -> int:
+        """How many bytes at the end of ``data`` could be the start of a delimiter that the next chunk
+        completes (0 in the common case: no CR among the last ``len(delimiter) - 1`` bytes)."""
+        delim = self._delim
+        j = data.find(b"\r", max(0, len(data) - len(delim) + 1))
+        while j >= 0:
+            if delim.startswith(data[j:]):
+                return len(data) - j
+            j = data.find(b"\r", j + 1)
+        return 0
+
+    def _take(self, n: int) -> bytes:
+        """The first ``n`` bytes of the buffer, removed from it (one copy)."""
+        if n == len(self._buf):
+            out = bytes(self._buf)
+            self._buf.clear()
+            return out
+        with memoryview(self._buf) as view, view[:n] as head:
+            out = bytes(head)
+        del self._buf[:n]
+        return out
 
     def close(self) -> None:
         """Raise :class:`MultipartError` unless the close delimiter was seen."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zlib
 from pathlib import Path
 
 import pandas as pd
@@ -55,7 +56,7 @@ def test_download_study_layout_manifest_and_resume(server: str, kit_plan: DemoPl
             assert path == tmp_path / patient.mrn / study.study_uid / row.series_uid / f"{row.sop_uid}.dcm"
             data = path.read_bytes()
             assert len(data) == row.size
-            assert hashlib.sha256(data).hexdigest() == row.sha256
+            assert row.checksum == f"crc32:{zlib.crc32(data):08x}"
             ds = dcmread(path)
             assert ds.SOPInstanceUID == row.sop_uid and ds.SeriesInstanceUID == row.series_uid
             assert ds.pixel_array.shape == (32, 32) or ds.Modality == "CR"
@@ -76,7 +77,30 @@ def test_download_study_layout_manifest_and_resume(server: str, kit_plan: DemoPl
         assert set(fetched["path"]) == {str(damaged), str(deleted)}
         assert (third["status"] != "downloaded").sum() == len(third) - 2
         assert dcmread(damaged).SOPInstanceUID == manifest["sop_uid"].iloc[0]
-        assert hashlib.sha256(damaged.read_bytes()).hexdigest() == manifest["sha256"].iloc[0]
+        assert f"crc32:{zlib.crc32(damaged.read_bytes()):08x}" == manifest["checksum"].iloc[0]
+
+
+def test_sha256_on_request_and_sidecars_of_earlier_versions(server: str, kit_plan: DemoPlan,
+                                                           tmp_path: Path) -> None:
+    study = kit_plan.patients[0].studies[0]
+    with DICOMweb(server) as pacs:
+        manifest = pacs.download(study.study_uid, tmp_path, progress=False, checksum="sha256")
+        for row in manifest.itertuples():
+            assert row.checksum == f"sha256:{hashlib.sha256(Path(row.path).read_bytes()).hexdigest()}"
+        # a sidecar as earlier versions wrote it (a bare "sha256") still verifies, and still finds damage
+        sidecar = tmp_path / MANIFEST_FILE
+        lines = [json.loads(line) for line in sidecar.read_text().splitlines()]
+        sidecar.write_text("".join(json.dumps({**{k: v for k, v in rec.items() if k != "checksum"},
+                                               "sha256": rec["checksum"].split(":")[1]}) + "\n"
+                                   for rec in lines))
+        damaged = Path(manifest["path"].iloc[1])
+        damaged.write_bytes(damaged.read_bytes()[:-4] + b"\0\0\0\1")
+        again = pacs.download(study.study_uid, tmp_path, progress=False)
+        assert list(again["status"]).count("downloaded") == 1
+        assert again.set_index("path").loc[str(damaged), "status"] == "downloaded"
+        assert set(again["status"]) == {"verified", "downloaded"}
+        with pytest.raises(ValueError, match="crc32"):
+            pacs.download(study.study_uid, tmp_path, progress=False, checksum="md5")
 
 
 def test_retrieve_into_pydicom_matches_the_files(server: str, kit_plan: DemoPlan, tmp_path: Path) -> None:

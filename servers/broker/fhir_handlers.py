@@ -165,6 +165,22 @@ class EndpointReadHandler(FHIRBase):
         self.write_resource(self.ctx.endpoint)
 
 
+def capability_resources() -> list[dict[str, Any]]:
+    """The broker's ``rest.resource`` entries (ImagingStudy, Endpoint) of a CapabilityStatement; the EHR
+    lists the same ones when it mounts the broker's handlers."""
+    search_params = [
+        {"name": "patient", "type": "reference", "documentation": "required"},
+        {"name": "identifier", "type": "token", "documentation": "urn:dicom:uid|<uid> or urn:oid:<uid>"},
+        {"name": "_lastUpdated", "type": "date", "documentation": "the study's StudyDate/StudyTime"},
+        {"name": "_count", "type": "number"},
+    ]
+    return [
+        {"type": "ImagingStudy", "interaction": [{"code": "read"}, {"code": "search-type"}],
+         "searchInclude": ["ImagingStudy:endpoint"], "searchParam": search_params},
+        {"type": "Endpoint", "interaction": [{"code": "read"}]},
+    ]
+
+
 class MetadataHandler(FHIRBase):
     """``GET /metadata``: the CapabilityStatement (FHIR R4 3.1.0.4 "capabilities")."""
 
@@ -183,12 +199,6 @@ class MetadataHandler(FHIRBase):
                 if isinstance(config.get(key), str)]
             security["extension"] = [{"url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
                                       "extension": ext}]
-        search_params = [
-            {"name": "patient", "type": "reference", "documentation": "required"},
-            {"name": "identifier", "type": "token", "documentation": "urn:dicom:uid|<uid> or urn:oid:<uid>"},
-            {"name": "_lastUpdated", "type": "date", "documentation": "the study's StudyDate/StudyTime"},
-            {"name": "_count", "type": "number"},
-        ]
         self.write_json({
             "resourceType": "CapabilityStatement",
             "status": "active",
@@ -202,11 +212,7 @@ class MetadataHandler(FHIRBase):
             "rest": [{
                 "mode": "server",
                 "security": security,
-                "resource": [
-                    {"type": "ImagingStudy", "interaction": [{"code": "read"}, {"code": "search-type"}],
-                     "searchInclude": ["ImagingStudy:endpoint"], "searchParam": search_params},
-                    {"type": "Endpoint", "interaction": [{"code": "read"}]},
-                ],
+                "resource": capability_resources(),
             }],
         }, content_type=FHIR_JSON)
 

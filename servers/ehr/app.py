@@ -19,8 +19,10 @@ from servers.base import log_request
 from servers.demo_data.clinical import is_caregiver
 from servers.runtime import CLEANUP_KEY
 
+from .fhir.handlers import MetadataHandler
 from .fhir.routes import fhir_routes
 from .fhir.store import STORE_FILE, build_store
+from .imaging import ImagingMetadataHandler, mount_imaging
 from .oauth.clients import ClientRegistry
 from .oauth.endpoints import OAuthEndpoints
 from .oauth.handlers import auth_routes
@@ -63,7 +65,8 @@ def build_authorization_server(settings: EHRSettings, base_url: str) -> SmartAut
 
 
 def make_app(settings: EHRSettings, base_url: str) -> tornado.web.Application:
-    """Build the EHR served at ``base_url`` (FHIR base ``{base_url}/fhir``, OAuth under ``/auth``)."""
+    """Build the EHR served at ``base_url`` (FHIR base ``{base_url}/fhir``, OAuth under ``/auth``; with
+    ``settings.pacs_url`` also ImagingStudy and DICOMweb at ``{base_url}/dicom-web``)."""
     # Authlib logs issued tokens at DEBUG; tokens never go to logs, whatever --log-level says
     authlib_log = logging.getLogger("authlib")
     authlib_log.setLevel(max(authlib_log.getEffectiveLevel(), logging.INFO))
@@ -76,10 +79,19 @@ def make_app(settings: EHRSettings, base_url: str) -> tornado.web.Application:
     fhir_store = build_store(settings.plan, settings.ehr_dir / STORE_FILE)
     oauth_urls = {"authorize": endpoints.authorize, "token": endpoints.token,
                   "introspect": endpoints.introspect, "revoke": endpoints.revoke}
+    cleanups: list[Any] = [server.store.close, fhir_store.close]
     # the authorization server's rules first: /fhir/.well-known/smart-configuration is its
     routes: list[Any] = auth_routes(ctx)
+    metadata_handler: type[MetadataHandler] = MetadataHandler
+    if settings.pacs_url:
+        # the broker's ImagingStudy/Endpoint rules before the generic /fhir/{type} ones (first match wins)
+        mount = mount_imaging(settings, base_url, server.introspector, fhir_store)
+        routes += mount.routes
+        cleanups += mount.cleanups
+        metadata_handler = ImagingMetadataHandler
+        log.info("EHR serves imaging itself: PACS %s, DICOMweb at %s", settings.pacs_url, mount.dicomweb_base)
     routes += fhir_routes(fhir_store, server.introspector, endpoints.fhir_base, oauth_urls,
-                          clock=settings.clock)
+                          clock=settings.clock, metadata_handler=metadata_handler)
     app = tornado.web.Application(
         routes,
         cookie_secret=settings.cookie_secret or secrets.token_urlsafe(32),
@@ -87,5 +99,5 @@ def make_app(settings: EHRSettings, base_url: str) -> tornado.web.Application:
         xsrf_cookie_kwargs={"httponly": True, "samesite": "Strict", "path": "/auth"},
     )
     app.settings[SERVICES_KEY] = EHRServices(server.endpoints, server.store, server.introspector, server)
-    app.settings[CLEANUP_KEY] = [server.store.close, fhir_store.close]
+    app.settings[CLEANUP_KEY] = cleanups
     return app

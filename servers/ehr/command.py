@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from servers.broker.settings import DICOMWEB_PATH
 from servers.demo_data.plan import DemoOptions, DemoPlan, make_plan
 from servers.runtime import Reservation, ServerLoop, reserve
 
@@ -33,19 +34,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--associated-endpoint", action="append", default=[], metavar="URL",
                    help="FHIR base of a server accepting this EHR's tokens for imaging "
                         "(listed in the SMART configuration with smart-imaging-access); repeatable")
+    p.add_argument("--pacs", metavar="URL",
+                   help="DICOMweb base of a PACS: the EHR then serves ImagingStudy at {ehr}/fhir and "
+                        "WADO-RS/QIDO-RS at {ehr}/dicom-web itself (the broker's handlers, in-process "
+                        "token checks); listed as its own imaging endpoint unless --associated-endpoint")
     p.add_argument("--patients", type=int, default=DemoOptions.patients, help="synthetic patients")
     p.add_argument("--seed", type=int, default=DemoOptions.seed, help="seed of the synthetic data")
 
 
 def describe(url: str, settings: EHRSettings) -> dict[str, Any]:
-    """The EHR's entries of the URLs file (DESIGN.md "Running it")."""
+    """The EHR's entries of the URLs file (DESIGN.md "Running it"); with a PACS also ``broker_fhir`` and
+    ``broker_dicomweb``, both served by the EHR itself."""
     endpoints = OAuthEndpoints(url)
-    return {
+    out: dict[str, Any] = {
         "ehr_fhir": endpoints.fhir_base,
         "smart_configuration": endpoints.smart_configuration,
         "clients": [c.to_json() for c in settings.clients],
         "users": users_json(settings.plan),
     }
+    if settings.pacs_url:  # the EHR plays the broker's role: its keys of the URLs file point here
+        out["broker_fhir"] = endpoints.fhir_base
+        out["broker_dicomweb"] = url.rstrip("/") + DICOMWEB_PATH
+    return out
 
 
 def users_json(plan: DemoPlan) -> list[dict[str, Any]]:
@@ -75,6 +85,7 @@ def run(args: argparse.Namespace, loop: ServerLoop) -> dict[str, Any]:
         clients=clients,
         auto_approve=args.auto_approve,
         associated_endpoints=tuple(AssociatedEndpoint(u.rstrip("/")) for u in args.associated_endpoint),
+        pacs_url=args.pacs.rstrip("/") if args.pacs else None,
     )
     return serve(loop, settings, reserve(args.host, args.port))
 

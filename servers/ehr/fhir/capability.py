@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from servers.ehr.fhir.searchparams import COMMON, RESOURCE_TYPES, params_for
@@ -13,14 +13,17 @@ OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-u
 PUBLISHED = "2026-06-01"
 
 
-def capability_statement(fhir_base: str, oauth_urls: Mapping[str, str]) -> dict[str, Any]:
-    """The R4 CapabilityStatement of the EHR's FHIR API."""
+def capability_statement(fhir_base: str, oauth_urls: Mapping[str, str],
+                         extra_resources: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+    """The R4 CapabilityStatement of the EHR's FHIR API; ``extra_resources`` are ``rest.resource``
+    entries of handlers mounted beside it (the broker's ImagingStudy and Endpoint, servers/ehr/imaging.py).
+    """
     security_ext = {
         "url": OAUTH_URIS,
         "extension": [{"url": key, "valueUri": oauth_urls[key]}
                       for key in ("authorize", "token", "introspect", "revoke") if key in oauth_urls],
     }
-    resources = []
+    resources: list[dict[str, Any]] = []
     for rtype in RESOURCE_TYPES:
         params = params_for(rtype)
         resources.append({
@@ -35,6 +38,7 @@ def capability_statement(fhir_base: str, oauth_urls: Mapping[str, str]) -> dict[
                 for p in params.values()
             ],
         })
+    resources += [dict(r) for r in extra_resources]
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",

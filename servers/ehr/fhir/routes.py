@@ -19,14 +19,16 @@ _TYPE = r"([A-Z][A-Za-z]+)"
 
 
 def fhir_routes(store: FHIRStore, introspector: Introspector, fhir_base: str,
-                oauth_urls: Mapping[str, str] | None = None, *, clock: Callable[[], float] = time.time
+                oauth_urls: Mapping[str, str] | None = None, *, clock: Callable[[], float] = time.time,
+                metadata_handler: type[MetadataHandler] = MetadataHandler
                 ) -> list[tuple[str, type, dict[str, Any]]]:
     """Tornado URL rules for the FHIR API.
 
     ``introspector.introspect(token)`` answers RFC 7662 for a bearer token (sync or async);
     ``oauth_urls`` has the keys ``authorize``, ``token``, ``introspect``, ``revoke`` for the
     CapabilityStatement's SMART ``oauth-uris`` extension (default: the EHR's own layout,
-    :class:`servers.ehr.oauth.endpoints.OAuthEndpoints`); ``clock`` gives POSIX seconds (token ``exp``).
+    :class:`servers.ehr.oauth.endpoints.OAuthEndpoints`); ``clock`` gives POSIX seconds (token ``exp``);
+    ``metadata_handler`` answers ``/metadata`` (a subclass lists mounted imaging resources too).
     """
     if oauth_urls is None:
         from servers.ehr.oauth.endpoints import OAuthEndpoints
@@ -37,7 +39,7 @@ def fhir_routes(store: FHIRStore, introspector: Introspector, fhir_base: str,
     kwargs: dict[str, Any] = {"store": store, "introspector": introspector, "fhir_base": fhir_base,
                               "oauth_urls": dict(oauth_urls), "clock": clock}
     return [
-        (r"/fhir/metadata/?", MetadataHandler, kwargs),
+        (r"/fhir/metadata/?", metadata_handler, kwargs),
         (rf"/fhir/{_TYPE}/?", SearchHandler, kwargs),
         (rf"/fhir/{_TYPE}/(_search)", SearchHandler, kwargs),
         (rf"/fhir/{_TYPE}/([^/]+)", ReadHandler, kwargs),

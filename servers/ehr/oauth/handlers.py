@@ -83,7 +83,9 @@ class JWKSHandler(PublicJSONHandler):
 
 class SmartConfigurationHandler(PublicJSONHandler):
     def get(self) -> None:
-        self.write_json(smart_configuration(self.server.endpoints, self.server.settings.associated_endpoints))
+        endpoints = self.server.endpoints
+        associated = self.server.settings.imaging_endpoints(endpoints.fhir_base)
+        self.write_json(smart_configuration(endpoints, associated))
 
 
 class OpenIDConfigurationHandler(PublicJSONHandler):

@@ -23,6 +23,7 @@ import contextlib
 import email.utils
 import hashlib
 import io
+import itertools
 import json
 import os
 import re
@@ -353,13 +354,23 @@ class _Run:
         self.lock = threading.Lock()
         self.records: dict[str, dict[str, Any]] = {}  # SOP UID -> manifest row
         self.datasets: dict[str, Dataset] = {}
-        self.folders: set[Path] = set()
+        self.folders: dict[tuple[str, str, str], str] = {}  # (patient, study, series) -> folder, created
+        self._names = itertools.count()
         self.cancelled = threading.Event()
         self.sidecar: BinaryIO | None = None
         if directory is not None:
             directory.mkdir(parents=True, exist_ok=True)
             (directory / ".s4s-tmp").mkdir(exist_ok=True)
             self.sidecar = (directory / MANIFEST_FILE).open("ab")
+
+    def temporary(self, folder: str, sop_uid: str) -> tuple[int, str]:
+        """A new file for ``sop_uid`` under a hidden name in ``folder`` (process id and a counter make
+        it unique; ``O_EXCL`` makes sure)."""
+        name = os.path.join(folder, f".{sop_uid}.{os.getpid()}-{next(self._names)}.part")
+        try:
+            return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644), name
+        except FileExistsError:  # left by an earlier process of the same id
+            return tempfile.mkstemp(prefix=f".{sop_uid}.", suffix=".part", dir=folder)
 
     def done(self, sop_uid: str) -> bool:
         with self.lock:
@@ -408,7 +419,7 @@ class _PartWriter:
         self.head = bytearray()  # the first bytes of a file: enough for its UIDs
         self.header: _Header | None = None  # known before writing (fast path)
         self.skip = False  # not asked for, or already complete: nothing is written
-        self.tmp: Path | None = None
+        self.tmp: str | None = None
         self.out: BinaryIO | None = None if self.to_disk else io.BytesIO()
 
     def write(self, data: bytes) -> None:
@@ -435,13 +446,12 @@ class _PartWriter:
                 self.head = bytearray()
                 return
             self.header = header
-            folder = self._folder(header)
-            fd, name = tempfile.mkstemp(prefix=f".{header.sop_uid}.", suffix=".part", dir=folder)
+            fd, name = self.run.temporary(self._folder(header), header.sop_uid)
             self.head = bytearray()
         else:  # pydicom decides at the end, from the head kept and the file
             fd, name = tempfile.mkstemp(suffix=".part", dir=self.run.directory / ".s4s-tmp")
-        self.tmp = Path(name)
-        self.out = os.fdopen(fd, "wb")
+        self.tmp = name
+        self.out = open(fd, "wb")  # noqa: SIM115 - closed in finish() or abort()
         self.out.write(head)
         assert self.hash is not None
         self.hash.update(head)
@@ -459,14 +469,17 @@ class _PartWriter:
             return False
         return not self.run.done(sop)
 
-    def _folder(self, header: _Header) -> Path:
-        assert self.run.directory is not None
+    def _folder(self, header: _Header) -> str:
+        """``{directory}/{PatientID}/{StudyUID}/{SeriesUID}``, created the first time (plain strings:
+        this runs for every file)."""
         target = self.unit.target
-        folder = (self.run.directory / safe_name(header.patient_id or target.patient or "unknown")
-                  / target.study_uid / target.series_uid)
-        if folder not in self.run.folders:
-            folder.mkdir(parents=True, exist_ok=True)
-            self.run.folders.add(folder)
+        key = (header.patient_id or target.patient or "unknown", target.study_uid, target.series_uid)
+        folder = self.run.folders.get(key)
+        if folder is None:
+            assert self.run.directory is not None
+            folder = os.path.join(self.run.directory, safe_name(key[0]), key[1], key[2])
+            os.makedirs(folder, exist_ok=True)
+            self.run.folders[key] = folder
         return folder
 
     def abort(self) -> None:
@@ -474,7 +487,7 @@ class _PartWriter:
             self.out.close()
         if self.tmp is not None:
             with contextlib.suppress(FileNotFoundError):
-                self.tmp.unlink()
+                os.unlink(self.tmp)
             self.tmp = None
 
     def finish(self) -> None:
@@ -498,7 +511,7 @@ class _PartWriter:
             elif header is None:
                 assert self.tmp is not None
                 self.out.close()
-                header = _read_header(bytes(self.head), self.tmp)
+                header = _read_header(bytes(self.head), Path(self.tmp))
         except (InvalidDicomError, EOFError, ValueError, OSError) as exc:
             self.abort()
             raise ClientError(f"{self.unit.url}: a part is not a DICOM file ({exc})", status=502) from exc
@@ -514,10 +527,10 @@ class _PartWriter:
         }
         if self.tmp is not None and self.hash is not None:
             self.out.close()
-            path = self._folder(header) / f"{sop}.dcm"
+            path = os.path.join(self._folder(header), f"{sop}.dcm")
             os.replace(self.tmp, path)
             self.tmp = None
-            row.update(path=str(path), checksum=f"{self.run.checksum}:{self.hash.hexdigest()}",
+            row.update(path=path, checksum=f"{self.run.checksum}:{self.hash.hexdigest()}",
                        status="downloaded")
             self.run.record(row, persist=True)
         elif self.run.record(row, persist=False) and ds is not None:
@@ -647,9 +660,17 @@ class Retriever:
     # -- planning ------------------------------------------------------------------------------------
 
     def resolve(self, targets: Sequence[SeriesTarget]) -> list[SeriesTarget]:
-        """Targets with their instance lists (QIDO-RS for those the ImagingStudy did not list)."""
-        return [t if t.instances is not None else replace(t, instances=qido_instances(self.qido, t))
-                for t in targets]
+        """Targets with their instance lists (QIDO-RS for those the ImagingStudy did not list, several
+        at once within the per-host bound)."""
+        def resolved(t: SeriesTarget) -> SeriesTarget:
+            return t if t.instances is not None else replace(t, instances=qido_instances(self.qido, t))
+
+        asking = sum(t.instances is None for t in targets)
+        if asking < 2:
+            return [resolved(t) for t in targets]
+        with ThreadPoolExecutor(max_workers=min(asking, self.connections_per_host),
+                                thread_name_prefix="s4s-qido") as pool:
+            return list(pool.map(resolved, targets))
 
     def _units(self, targets: Sequence[SeriesTarget], first_only: bool,
                complete: Callable[[str], bool]) -> list[_Unit]:

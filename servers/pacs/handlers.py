@@ -133,6 +133,7 @@ class StudiesHandler(SearchMixin):
     _malformed: str | None = None
     _part_type: str = ""
     _part: list[bytes]
+    _part_size: int = 0
     _study: str | None = None
     _refusal: DICOMwebError | None = None
     _pending: set[asyncio.Future[None]]
@@ -201,9 +202,17 @@ class StudiesHandler(SearchMixin):
             if isinstance(event, PartStart):
                 self._part_type = event.headers.get("content-type", "application/dicom")
                 self._part = []
+                self._part_size = 0
             elif isinstance(event, PartData):
-                self._part.append(event.data)
+                self._part_size += len(event.data)
+                if self._part_size <= self.ctx.settings.max_part_bytes:
+                    self._part.append(event.data)
+                else:
+                    self._part = []  # a part is held in memory until it is stored: drop it
             elif isinstance(event, PartEnd):
+                if self._part_size > self.ctx.settings.max_part_bytes:
+                    self._tx.add_oversized(self._part_size, self.ctx.settings.max_part_bytes)
+                    continue
                 data, self._part = b"".join(self._part), []
                 media, _ = parse_content_type(self._part_type)
                 if media != "application/dicom":

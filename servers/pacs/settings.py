@@ -15,6 +15,8 @@ class PACSSettings:
 
     - ``data_dir``: folder of the store (SQLite index ``index.sqlite3``, files under ``objects/``).
     - ``max_upload_bytes``: STOW-RS bodies larger than this are refused with 413 before being read.
+    - ``max_part_bytes``: one STOW-RS part (one instance) is held in memory until it is stored; larger
+      parts fail alone (FailureReason 0xA700, out of resources).
     - ``bulk_data_threshold``: binary values longer than this (bytes) are BulkDataURIs in metadata.
     - ``read_chunk_bytes``: chunk size when streaming stored files (large chunks: fewer syscalls/flushes).
     - ``workers``: threads for blocking work (SQLite, file I/O, pixel rendering).
@@ -26,6 +28,7 @@ class PACSSettings:
 
     data_dir: Path
     max_upload_bytes: int = 2 * 1024**3
+    max_part_bytes: int = 512 * 1024**2
     bulk_data_threshold: int = 1024
     read_chunk_bytes: int = 1024 * 1024
     workers: int = 8

@@ -5,7 +5,7 @@
 FailedSOPSequence (0008,1198) with a FailureReason (0008,1197) for the others. Status (PS3.18 Table
 10.5.3-1): 200 when every instance was stored, 202 when some were, otherwise 409 when a failure is a
 conflict with stored data and 400 when every part was unacceptable; 415 when no part was
-``application/dicom``.
+``application/dicom``; 413 when every part was larger than the per-part limit.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from servers.pacs.store import BASE, Conflict, Stored
 from servers.pacs.validation import InvalidInstance
 
 #: Failure Reasons (PS3.4 Annex GG.4.2 / B.2.3)
+OUT_OF_RESOURCES = 0xA700
 PROCESSING_FAILURE = 0x0110
 DUPLICATE_SOP_INSTANCE = 0x0111
 SOP_CLASS_NOT_SUPPORTED = 0x0122
@@ -51,6 +52,7 @@ class StoreTransaction:
     stored: list[Stored] = field(default_factory=list)
     failed: list[Failure] = field(default_factory=list)
     unsupported_parts: int = 0
+    oversized_parts: int = 0
 
     def add_stored(self, s: Stored) -> None:
         self.stored.append(s)
@@ -64,6 +66,12 @@ class StoreTransaction:
         else:
             self.failed.append(Failure(sop_class, sop_uid, PROCESSING_FAILURE, "processing failure", False))
 
+    def add_oversized(self, size: int, limit: int) -> None:
+        self.oversized_parts += 1
+        self.failed.append(Failure("", "", OUT_OF_RESOURCES,
+                                   f"a part of {size} bytes exceeds the limit of {limit} bytes per part",
+                                   False))
+
     def add_unsupported(self, content_type: str) -> None:
         self.unsupported_parts += 1
         self.failed.append(Failure("", "", SOP_CLASS_NOT_SUPPORTED,
@@ -76,6 +84,8 @@ class StoreTransaction:
             return 202
         if self.unsupported_parts == len(self.failed):
             return 415
+        if self.oversized_parts == len(self.failed):
+            return 413
         if any(f.conflict for f in self.failed):
             return 409
         return 400

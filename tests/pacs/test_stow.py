@@ -5,13 +5,16 @@ from __future__ import annotations
 import io
 import socket
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pydicom
 
 from s4s_jupyter.core.multipart import encode_parts
 from servers.demo_data.plan import DemoPlan
-from tests.pacs.conftest import PACS, STOW_TYPE, parse_multipart
+from servers.pacs.settings import PACSSettings
+from servers.runtime import ServerLoop
+from tests.pacs.conftest import PACS, STOW_TYPE, parse_multipart, start_pacs
 
 REFERENCED = "00081199"
 FAILED = "00081198"
@@ -230,3 +233,15 @@ def test_stow_with_a_client_we_did_not_write(pacs: PACS, plan_files: dict[str, b
     result = client.store_instances(datasets)
     refs = [item.ReferencedSOPInstanceUID for item in result.ReferencedSOPSequence]
     assert sorted(refs) == sorted(ds.SOPInstanceUID for ds in datasets)
+
+
+def test_a_part_over_the_per_part_limit_fails_alone(server_loop: ServerLoop, tmp_path: Path,
+                                                    plan_files: dict[str, bytes]) -> None:
+    small, large = sorted(plan_files.values(), key=len)[0], sorted(plan_files.values(), key=len)[-1]
+    p = start_pacs(server_loop, PACSSettings(data_dir=tmp_path / "pacs", max_part_bytes=len(small)))
+    r = p.stow([small, large])
+    assert r.status_code == 202
+    assert r.json()[FAILED]["Value"][0][REASON]["Value"] == [0xA700]
+    assert p.stow([large]).status_code == 413
+    assert p.store.count_instances() == 1
+    p.http.close()

@@ -308,12 +308,16 @@ class Store:
         existing = self._existing(checked.sop_instance_uid)
         if existing is not None:
             return self._same_or_conflict(existing, sha, checked)
-        # the file is written and fsynced in another thread while this one builds the index rows
-        written = self._io.submit(self._write_file, sha, data)
-        try:
+        if self.fsync:
+            # the file is written and fsynced in another thread while this one builds the index rows
+            written = self._io.submit(self._write_file, sha, data)
+            try:
+                rows = self._rows(checked, sha, len(data))
+            finally:
+                written.result()
+        else:
             rows = self._rows(checked, sha, len(data))
-        finally:
-            written.result()
+            self._write_file(sha, data)
         with self._write_lock:
             existing = self._existing(checked.sop_instance_uid)
             if existing is not None:  # a concurrent request stored it meanwhile

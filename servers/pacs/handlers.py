@@ -330,7 +330,7 @@ class FramesHandler(PACSHandler):
 
     async def get(self, study: str, series: str, instance: str, frame_list: str) -> None:
         f = await _one_instance(self, study, series, instance)
-        if f.pixel_offset is None:
+        if f.pixel_length is None:
             raise wado.NotFound("the instance has no pixel data")
         frames = wado.parse_frame_list(frame_list, f.number_of_frames or 1)
         syntax = neg.choose_frame_syntax(self.accept(), f.transfer_syntax)
@@ -350,7 +350,7 @@ class BulkDataHandler(PACSHandler):
         f = await _one_instance(self, study, series, instance)
         tag_path = tag_path.strip("/").upper()
         if tag_path == "7FE00010":
-            if f.pixel_offset is None:
+            if f.pixel_length is None:
                 raise wado.NotFound("the instance has no pixel data")
             syntax = neg.choose_frame_syntax(self.accept(), f.transfer_syntax)
             if syntax is None:
@@ -395,7 +395,7 @@ class RenderedHandler(PACSHandler):
         files = await self.run(self.ctx.store.instance_files, study,
                                self.uid(series, "SeriesInstanceUID") if series else None,
                                self.uid(instance, "SOPInstanceUID") if instance else None)
-        files = [f for f in files if f.pixel_offset is not None]
+        files = [f for f in files if f.pixel_length is not None]
         if not files:
             raise wado.NotFound("nothing to render here")
         f = files[len(files) // 2]  # study/series thumbnails show a representative (middle) instance

@@ -88,9 +88,9 @@ def can_serve(stored: str, wanted: str) -> bool:
     if wanted in (AS_STORED, stored):
         return True
     if wanted in NATIVE_SYNTAXES:
-        if UID(stored).is_deflated or stored == "1.2.840.10008.1.2.2":
+        if stored == "1.2.840.10008.1.2.2":  # retired big endian: pydicom does not swap pixel data
             return False
-        return can_decode(stored)
+        return can_decode(stored)  # deflated files are inflated by pydicom as they are read
     return False
 
 

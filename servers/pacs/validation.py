@@ -58,8 +58,9 @@ class CheckedInstance:
     study_uid: str
     series_uid: str
     transfer_syntax_uid: str
-    #: absolute file offset and length of the Pixel Data value (None when there is none)
+    #: absolute file offset of the Pixel Data value (None when absent or not addressable: deflated files)
     pixel_offset: int | None
+    #: length of the Pixel Data value (None when there is no Pixel Data)
     pixel_length: int | None
 
 
@@ -156,7 +157,8 @@ def _check_dataset(ds: Dataset, data: bytes) -> CheckedInstance:
     pixel_offset = pixel_length = None
     raw_pixels = ds.get_item(PIXEL_DATA)
     if isinstance(raw_pixels, RawDataElement):
-        pixel_offset = raw_pixels.value_tell
+        # in a deflated file the value's position is one in the inflated stream, not in the file
+        pixel_offset = None if deflated else raw_pixels.value_tell
         pixel_length = raw_pixels.length
         _check_pixel_data(ds, UID(ts_uid), raw_pixels)
     elif "Rows" in ds and "Columns" in ds and "PixelData" not in ds and _is_image_storage(sop_class):

@@ -250,3 +250,21 @@ def test_a_client_leaving_mid_stream_does_not_disturb_the_server(wado_pacs: PACS
             assert s.recv(100).startswith(b"HTTP/1.1 200")
     r = wado_pacs.get(f"/studies/{study.study_uid}", accept=DICOM_ANY)
     assert r.status_code == 200 and len(parse_multipart(r)) == study.number_of_instances
+
+
+def test_a_deflated_instance_is_inflated_for_retrieval_and_frames(pacs: PACS,
+                                                                  plan_files: dict[str, bytes]) -> None:
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    ds = read_dicom(next(iter(plan_files.values())))
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    deflated = buf.getvalue()
+    assert pacs.stow([deflated]).status_code == 200
+    assert parse_multipart(pacs.get(_path(ds), accept=DICOM_ANY))[0][1] == deflated
+    default = read_dicom(parse_multipart(pacs.get(_path(ds)))[0][1])
+    assert default.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert np.array_equal(default.pixel_array, ds.pixel_array)
+    frame = parse_multipart(pacs.get(_path(ds) + "/frames/1", accept=OCTETS))[0][1]
+    assert frame == ds.pixel_array.astype("<u2").tobytes()

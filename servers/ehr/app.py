@@ -31,6 +31,7 @@ from .oauth.introspector import TokenIntrospector
 from .oauth.pages import AuthContext
 from .oauth.server import SmartAuthorizationServer
 from .oauth.store import OAuthStore
+from .oauth.throttle import LoginThrottle
 from .oauth.users import fhir_user_reference
 from .settings import EHRSettings
 
@@ -74,12 +75,16 @@ def make_app(settings: EHRSettings, base_url: str) -> tornado.web.Application:
         log.warning("*** --auto-approve is ON (demo only): the EHR grants every authorization request with a "
                     "loopback redirect URI WITHOUT login or consent ***")
     server = build_authorization_server(settings, base_url)
-    ctx = AuthContext(server, settings.plan)
+    throttle = LoginThrottle(settings.oauth_db_path, settings.clock,
+                             account_limit=settings.login_account_failures,
+                             address_limit=settings.login_address_failures,
+                             window=settings.login_failure_window)
+    ctx = AuthContext(server, settings.plan, throttle)
     endpoints = server.endpoints
     fhir_store = build_store(settings.plan, settings.ehr_dir / STORE_FILE)
     oauth_urls = {"authorize": endpoints.authorize, "token": endpoints.token,
                   "introspect": endpoints.introspect, "revoke": endpoints.revoke}
-    cleanups: list[Any] = [server.store.close, fhir_store.close]
+    cleanups: list[Any] = [server.store.close, throttle.close, fhir_store.close]
     # the authorization server's rules first: /fhir/.well-known/smart-configuration is its
     routes: list[Any] = auth_routes(ctx)
     metadata_handler: type[MetadataHandler] = MetadataHandler

@@ -33,6 +33,7 @@ from .clients import is_loopback_uri
 from .consent_text import describe_scope
 from .server import OAuthResponse, SmartAuthorizationServer
 from .store import GrantContext, PendingRequest
+from .throttle import LoginThrottle
 from .users import User
 
 log = logging.getLogger("s4s.ehr.oauth")
@@ -58,6 +59,7 @@ class AuthContext:
 
     server: SmartAuthorizationServer
     plan: DemoPlan
+    throttle: LoginThrottle
 
     @property
     def cookie_name(self) -> str:
@@ -234,10 +236,23 @@ class LoginHandler(AuthPageHandler):
         rid, pending = self.pending()
         username = self.get_body_argument("username", "").strip()
         password = self.get_body_argument("password", "")
+        address = self.request.remote_ip or ""
+        # charged before the password is checked (throttle.py); a refused attempt checks nothing, so the
+        # answer says nothing about the password
+        wait = self.ctx.throttle.attempt(username, address)
+        if wait is not None:
+            log.warning("sign-in refused by the throttle (too many failures for the account or address)")
+            self.set_status(429)
+            self.set_header("Retry-After", str(int(wait)))
+            self.show(pending, "Too many failed sign-ins for this account or from this address. "
+                               "Wait a few minutes, then try again.", username)
+            return
         user = None
         if username and password:  # scrypt takes tens of milliseconds: keep it off the event loop
             check = self.store.authenticate_user
             user = await IOLoop.current().run_in_executor(None, check, username, password)
+        if user is not None:
+            self.ctx.throttle.succeeded(username, address)
         if user is None:
             log.info("failed sign-in at the EHR")
             if self.store.count_failed_login(rid) >= MAX_LOGIN_ATTEMPTS:

@@ -108,113 +108,91 @@ class MultipartParser:
         self._delim = CRLF + self._dash
 
     def feed(self, chunk: bytes) -> Iterator[Event]:
-        if self._state == "body" and not self._buf:
-            # Fast path, the common case inside a large part: search the chunk itself and hand it on
-            # without copying it into the buffer (only the bytes after a delimiter are buffered).
-            chunk = chunk if isinstance(chunk, bytes) else bytes(chunk)
-            i = chunk.find(self._delim)
-            if i < 0:
-                keep = self._partial_delimiter(chunk)
-                if keep < len(chunk):
-                    yield PartData(chunk[:len(chunk) - keep] if keep else chunk)
-                if keep:
-                    self._buf += chunk[len(chunk) - keep:]
-                return
-            if i:
-                yield PartData(chunk[:i])
-            self._buf += memoryview(chunk)[i + len(self._delim):]
-            self._in_part = False
-            self._state = "after_delim"
-            yield PartEnd()
-        else:
-            self._buf += chunk
+        """The events ``chunk`` completes. Works on the chunk in place: only what may continue in the next
+        chunk (a partial delimiter or header block, at most a few hundred bytes) is kept, so the bytes of
+        a part are copied at most once, and a chunk wholly inside a part is passed on as it is."""
+        data = chunk if isinstance(chunk, bytes) else bytes(chunk)
+        if self._buf:
+            data = bytes(self._buf) + data
+            self._buf.clear()
+        pos, n = 0, len(data)
+        delim = self._delim
         while True:
-            if self._state == "preamble":
+            if self._state == "body":
+                i = data.find(delim, pos)
+                if i < 0:
+                    end = n - self._partial_delimiter(data, pos)
+                    if end > pos:
+                        yield PartData(data if pos == 0 and end == n else data[pos:end])
+                    self._buf += data[end:]
+                    return
+                if i > pos:
+                    yield PartData(data[pos:i])
+                pos = i + len(delim)
+                self._in_part = False
+                self._state = "after_delim"
+                yield PartEnd()
+            elif self._state == "preamble":
                 # the first delimiter may start the body, or follow a preamble line
-                if self._buf.startswith(self._dash):
-                    del self._buf[: len(self._dash)]
+                if data.startswith(self._dash, pos):
+                    pos += len(self._dash)
                     self._state = "after_delim"
                     continue
-                i = self._buf.find(self._delim)
+                i = data.find(delim, pos)
                 if i < 0:
-                    keep = len(self._delim)
-                    if len(self._buf) > keep:
-                        del self._buf[: len(self._buf) - keep]
+                    self._buf += data[max(pos, n - len(delim)):]
                     return
-                del self._buf[: i + len(self._delim)]
+                pos = i + len(delim)
                 self._state = "after_delim"
             elif self._state == "after_delim":
-                if len(self._buf) < 2:
+                if n - pos < 2:
+                    self._buf += data[pos:]
                     return
-                if self._buf[:2] == b"--":
-                    del self._buf[:2]
+                if data.startswith(b"--", pos):
                     self._state = "epilogue"
                     continue
                 # transport padding (spaces/tabs) may precede the CRLF
-                j = self._buf.find(CRLF)
+                j = data.find(CRLF, pos)
                 if j < 0:
-                    if len(self._buf) > 1024:
+                    if n - pos > 1024:
                         raise MultipartError("malformed delimiter line")
+                    self._buf += data[pos:]
                     return
-                if self._buf[:j].strip(b" \t"):
+                if data[pos:j].strip(b" \t"):
                     raise MultipartError("malformed delimiter line")
-                del self._buf[: j + 2]
+                pos = j + 2
                 self._state = "headers"
             elif self._state == "headers":
-                if self._buf.startswith(CRLF):  # a part without headers
-                    del self._buf[:2]
+                if data.startswith(CRLF, pos):  # a part without headers
+                    pos += 2
                     self._in_part = True
                     self._state = "body"
                     yield PartStart({})
                     continue
-                j = self._buf.find(b"\r\n\r\n")
+                j = data.find(b"\r\n\r\n", pos)
                 if j < 0:
-                    if len(self._buf) > self.max_header_bytes:
+                    if n - pos > self.max_header_bytes:
                         raise MultipartError("part headers too large")
+                    self._buf += data[pos:]
                     return
-                headers = _parse_headers(bytes(self._buf[:j]))
-                del self._buf[: j + 4]
+                headers = _parse_headers(data[pos:j])
+                pos = j + 4
                 self._in_part = True
                 self._state = "body"
                 yield PartStart(headers)
-            elif self._state == "body":
-                i = self._buf.find(self._delim)
-                if i < 0:
-                    safe = len(self._buf) - self._partial_delimiter(self._buf)
-                    if safe > 0:
-                        yield PartData(self._take(safe))
-                    return
-                if i:
-                    yield PartData(self._take(i))
-                del self._buf[: len(self._delim)]
-                self._in_part = False
-                self._state = "after_delim"
-                yield PartEnd()
             else:  # epilogue: ignored
-                self._buf.clear()
                 return
 
-    def _partial_delimiter(self, data: bytes | bytearray) -> int:
-        """How many bytes at the end of ``data`` could be the start of a delimiter that the next chunk
-        completes (0 in the common case: no CR among the last ``len(delimiter) - 1`` bytes)."""
+    def _partial_delimiter(self, data: bytes, start: int) -> int:
+        """How many bytes at the end of ``data[start:]`` could be the start of a delimiter that the next
+        chunk completes (0 in the common case: no CR among the last ``len(delimiter) - 1`` bytes)."""
         delim = self._delim
-        j = data.find(b"\r", max(0, len(data) - len(delim) + 1))
+        j = data.find(b"\r", max(start, len(data) - len(delim) + 1))
         while j >= 0:
             if delim.startswith(data[j:]):
                 return len(data) - j
             j = data.find(b"\r", j + 1)
         return 0
-
-    def _take(self, n: int) -> bytes:
-        """The first ``n`` bytes of the buffer, removed from it (one copy)."""
-        if n == len(self._buf):
-            out = bytes(self._buf)
-            self._buf.clear()
-            return out
-        with memoryview(self._buf) as view, view[:n] as head:
-            out = bytes(head)
-        del self._buf[:n]
-        return out
 
     def close(self) -> None:
         """Raise :class:`MultipartError` unless the close delimiter was seen."""

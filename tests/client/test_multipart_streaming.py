@@ -41,6 +41,8 @@ def test_random_chunkings_of_parts_full_of_near_delimiters() -> None:
         sizes = [rng.randrange(1, 90) for _ in range(7)]
         assert parse(body, boundary, sizes) == payloads
         assert parse(body, boundary, [len(body)]) == payloads
+        framed = b"a preamble\r\n" + body + b"an epilogue\r\n--" + boundary.encode()
+        assert parse(framed, boundary, sizes) == payloads
 
 
 def test_a_chunk_inside_a_part_is_passed_on_as_it_is() -> None:

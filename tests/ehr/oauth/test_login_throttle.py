@@ -118,10 +118,21 @@ def test_throttle_survives_a_restart(throttled: RunningEHR, server_loop: ServerL
     assert try_login(again.url, user.username, user.password).status_code == 429
 
 
-def test_concurrent_guesses_cannot_outrun_the_throttle(throttled: RunningEHR) -> None:
+def test_concurrent_guesses_cannot_outrun_the_throttle(throttled: RunningEHR,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     ehr = throttled
     user = user_with_one_patient(ehr)
     people = [login_page(ehr.url) for _ in range(12)]
+    # count the passwords the EHR really verifies (the real check runs; only counted)
+    store = ehr.services.store
+    real_check = store.authenticate_user
+    checked: list[str] = []
+
+    def counted(username: str, password: str) -> Any:
+        checked.append(username)
+        return real_check(username, password)
+
+    monkeypatch.setattr(store, "authenticate_user", counted)
 
     async def guess(person: PageUser) -> int:
         assert person.page is not None
@@ -140,6 +151,7 @@ def test_concurrent_guesses_cannot_outrun_the_throttle(throttled: RunningEHR) ->
         for p in people:
             p.close()
     assert sorted(statuses) == [401] * 3 + [429] * 9
+    assert checked == [user.username] * 3  # the refused nine never reached the password check
 
 
 def test_throttle_levels_decay_linearly(tmp_path: Any) -> None:

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from s4s_jupyter.client import flatten
+from s4s_jupyter.client.retry import RETRY_STATUSES, RetryPolicy
 from s4s_jupyter.core.errors import ClientError
 
 if TYPE_CHECKING:
@@ -88,26 +89,47 @@ def operation_outcome_text(body: Any) -> str:
 
 
 class FHIRClient:
-    """Searches one FHIR R4 server; ``http`` carries the authentication (:class:`BearerAuth`)."""
+    """Searches one FHIR R4 server; ``http`` carries the authentication (:class:`BearerAuth`).
 
-    def __init__(self, http: httpx.Client, base: str) -> None:
+    Reads are retried as WADO-RS retrievals are (:class:`~s4s_jupyter.client.retry.RetryPolicy`): after
+    ``429`` or ``503`` when the server's ``Retry-After`` says (R4 3.1.0.4.2 lets a server answer a busy
+    search so; RFC 9110 10.2.3), after other ``5xx`` and connection errors with exponential back-off.
+    """
+
+    def __init__(self, http: httpx.Client, base: str, retry: RetryPolicy | None = None) -> None:
         self.http = http
         self.base = base.rstrip("/")
         self._origin = urlsplit(self.base)[:2]
+        self.retry = retry or RetryPolicy()
 
     def _get(self, url: str, params: Any = None) -> httpx.Response:
         if urlsplit(url)[:2] != self._origin:
             raise ClientError(f"the server linked to another origin ({url.split('?')[0]}); not following it "
                               "with the access token", status=502)
-        response = self.http.get(url, params=params, headers={"Accept": FHIR_JSON})
-        if response.status_code != 200:
+        retry = self.retry
+        for attempt in range(retry.max_attempts):
+            last = attempt + 1 >= retry.max_attempts
+            try:
+                response = self.http.get(url, params=params, headers={"Accept": FHIR_JSON})
+            except httpx.TransportError as exc:
+                if last:
+                    raise ClientError(f"GET {url.split('?')[0]} failed after {retry.max_attempts} attempts: "
+                                      f"{type(exc).__name__}: {exc}", status=502) from exc
+                retry.sleep(retry.delay(None, None, attempt))
+                continue
+            if response.status_code == 200:
+                return response
+            if response.status_code in RETRY_STATUSES and not last:
+                retry.sleep(retry.delay(response.status_code, response.headers.get("Retry-After"), attempt))
+                continue
             try:
                 body: Any = response.json()
             except ValueError:
                 body = response.text
-            raise ClientError(f"GET {url.split('?')[0]} answered {response.status_code}: "
+            tried = f" (after {attempt + 1} attempts)" if attempt else ""
+            raise ClientError(f"GET {url.split('?')[0]} answered {response.status_code}{tried}: "
                               f"{operation_outcome_text(body)}", status=response.status_code, body=body)
-        return response
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def read(self, resource_type: str, resource_id: str) -> dict[str, Any]:
         """``GET [base]/{type}/{id}`` (R4 3.1.0.1.1 read)."""

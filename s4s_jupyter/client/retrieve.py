@@ -20,7 +20,6 @@ with exponential back-off.
 from __future__ import annotations
 
 import contextlib
-import email.utils
 import hashlib
 import io
 import itertools
@@ -35,13 +34,13 @@ import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from datetime import UTC
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 from urllib.parse import urlencode, urlsplit
 
 import httpx
 
+from s4s_jupyter.client.retry import RETRY_STATUSES, RetryPolicy
 from s4s_jupyter.client.targets import (
     DICOMwebEndpoint,
     InstanceInfo,
@@ -215,22 +214,6 @@ def safe_name(text: str) -> str:
     """``text`` as one file name component (letters, digits, ``._-``; never ``.`` or ``..``)."""
     name = _UNSAFE.sub("_", text.strip()).strip("._") or "_"
     return name[:64]
-
-
-def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
-    """The delay a ``Retry-After`` header asks for: delta-seconds or an HTTP-date (RFC 9110 10.2.3)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 class _CRC32:
@@ -589,11 +572,9 @@ class Retriever:
             return self._hosts[netloc]
 
     def _delay(self, response: Response | None, attempt: int) -> float:
-        if response is not None and response.status in (429, 503):
-            asked = retry_after_seconds(response.headers.get("Retry-After"))
-            if asked is not None:
-                return min(asked, self.max_retry_after)
-        return float(self.backoff * 2**attempt)
+        retry = RetryPolicy(self.max_attempts, self.max_retry_after, self.backoff)
+        return retry.delay(response.status if response is not None else None,
+                           response.headers.get("Retry-After") if response is not None else None, attempt)
 
     @contextlib.contextmanager
     def _get(self, url: str, endpoint: DICOMwebEndpoint, accept: str,
@@ -628,7 +609,7 @@ class Retriever:
                         body = f"({type(exc).__name__})"
                     done(response)
                     last = f"{response.status} {body}"
-                    if response.status not in (429, 500, 502, 503, 504):
+                    if response.status not in RETRY_STATUSES:
                         raise ClientError(f"GET {url} answered {last}", status=response.status, body=body)
             if attempt + 1 < self.max_attempts:
                 self._sleep(self._delay(response, attempt))

@@ -2,7 +2,9 @@
 
 It forwards every GET to ``upstream`` (prefix replaced) with Tornado's HTTP client and records what the
 kit sent (path, whether an ``Authorization`` header came along), how many requests were in flight at once,
-and answers the first ``fail_first`` retrieval requests with ``503`` and ``Retry-After``.
+and answers the first ``fail_first`` requests whose path matches ``fail_pattern`` (by default WADO-RS
+retrievals) with ``fail_status`` (``503``) and ``Retry-After``. In front of a FHIR server
+(``make_proxy(state, "fhir")``, ``forward_auth``) it passes the bearer token on.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ class ProxyState:
     failed: int = 0
     garbage: bool = False  # answer retrievals with a well-formed multipart body whose part is not DICOM
     rewrite: dict[str, str] = field(default_factory=dict)  # WADO-RS path substitutions
+    fail_pattern: str = r"/(series|instances)/[^/]+$"  # which requests fail_first applies to
+    fail_status: int = 503
+    forward_auth: bool = False  # pass Authorization upstream (a FHIR server behind the proxy)
 
 
 class ProxyHandler(tornado.web.RequestHandler):
@@ -34,9 +39,9 @@ class ProxyHandler(tornado.web.RequestHandler):
     async def get(self, path: str) -> None:
         st = self.state
         st.seen.append((path, "Authorization" in self.request.headers))
-        if re.search(r"/(series|instances)/[^/]+$", path) and st.failed < st.fail_first:  # WADO-RS only
+        if re.search(st.fail_pattern, "/" + path) and st.failed < st.fail_first:
             st.failed += 1
-            self.set_status(503)
+            self.set_status(st.fail_status)
             self.set_header("Retry-After", st.retry_after)
             self.finish("busy")
             return
@@ -50,7 +55,8 @@ class ProxyHandler(tornado.web.RequestHandler):
         st.in_flight += 1
         st.max_in_flight = max(st.max_in_flight, st.in_flight)
         try:
-            headers = {k: v for k, v in self.request.headers.items() if k.lower() in ("accept",)}
+            passed = ("accept", "authorization") if st.forward_auth else ("accept",)
+            headers = {k: v for k, v in self.request.headers.items() if k.lower() in passed}
             url = f"{st.upstream}/{path}" + (f"?{self.request.query}" if self.request.query else "")
             response = await AsyncHTTPClient().fetch(HTTPRequest(url, headers=headers, request_timeout=60),
                                                      raise_error=False)
@@ -63,5 +69,5 @@ class ProxyHandler(tornado.web.RequestHandler):
             st.in_flight -= 1
 
 
-def make_proxy(state: ProxyState) -> tornado.web.Application:
-    return tornado.web.Application([(r"/dicom-web/(.*)", ProxyHandler, {"state": state})])
+def make_proxy(state: ProxyState, prefix: str = "dicom-web") -> tornado.web.Application:
+    return tornado.web.Application([(rf"/{prefix}/(.*)", ProxyHandler, {"state": state})])

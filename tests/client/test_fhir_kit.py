@@ -130,3 +130,64 @@ def test_flattening_conventions() -> None:
     empty = flatten.to_frame([], "Immunization")
     assert list(empty.columns) == flatten.columns("Immunization") and empty.empty
     assert flatten.ref_id({"reference": "https://x/fhir/Patient/abc"}) == "abc"
+
+
+def test_a_busy_fhir_server_is_asked_again_after_retry_after(ehr: s4s.Session, server_loop: ServerLoop,
+                                                              stack: dict[str, Any]) -> None:
+    """503 and 429 with Retry-After in front of the real EHR (a proxy answering for it while busy)."""
+    import time
+
+    from s4s_jupyter.client.retry import RetryPolicy
+    from tests.client.proxy import ProxyState, make_proxy
+
+    def through(state: ProxyState, policy: RetryPolicy) -> FHIRClient:
+        served = server_loop.serve(lambda url: make_proxy(state, "fhir"))
+        return FHIRClient(ehr.fhir.http, f"{served.url}/fhir", policy)  # the session's token rides along
+
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        time.sleep(seconds)
+
+    busy = ProxyState(stack["ehr_fhir"], fail_first=2, retry_after="1", fail_pattern=r"^/Condition$",
+                      forward_auth=True)
+    frame = through(busy, RetryPolicy(sleep=sleep)).search("Condition", patient="pat-002", _count=1000)
+    assert busy.failed == 2 and slept == [1.0, 1.0]
+    assert set(frame["id"]) == set(ehr.conditions()["id"]) and len(frame) > 0
+
+    # 429 with an HTTP-date already past: asked again at once
+    slept.clear()
+    limited = ProxyState(stack["ehr_fhir"], fail_first=1, fail_status=429, fail_pattern=r"^/Condition$",
+                         retry_after="Wed, 21 Oct 2015 07:28:00 GMT", forward_auth=True)
+    assert len(through(limited, RetryPolicy(sleep=sleep)).search("Condition", patient="pat-002")) > 0
+    assert limited.failed == 1 and slept == [0.0]
+
+    # still busy after every attempt: a clear error with the server's status; a 400 is not retried
+    slept.clear()
+    stuck = ProxyState(stack["ehr_fhir"], fail_first=1000, retry_after="0", fail_pattern=r"^/Condition$",
+                       forward_auth=True)
+    client = through(stuck, RetryPolicy(max_attempts=3, sleep=sleep))
+    with pytest.raises(ClientError) as info:
+        client.search("Condition", patient="pat-002")
+    assert info.value.status == 503 and "after 3 attempts" in info.value.message and stuck.failed == 3
+    with pytest.raises(ClientError) as info:
+        client.search("Observation", patient="pat-002", date="not-a-date")
+    assert info.value.status == 400 and len([p for p, _ in stuck.seen if p == "Observation"]) == 1
+
+
+def test_an_unreachable_fhir_server_is_tried_with_back_off_then_reported() -> None:
+    import socket
+
+    from s4s_jupyter.client.retry import RetryPolicy
+
+    with socket.socket() as s:  # a port nobody listens on any more
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    slept: list[float] = []
+    with httpx.Client() as http:
+        client = FHIRClient(http, f"http://127.0.0.1:{port}/fhir",
+                            RetryPolicy(max_attempts=3, sleep=slept.append))
+        with pytest.raises(ClientError) as info:
+            client.search("Condition", patient="pat-002")
+    assert info.value.status == 502 and "after 3 attempts" in info.value.message and slept == [0.5, 1.0]

@@ -6,7 +6,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from s4s_jupyter.client.retrieve import Retriever, retry_after_seconds
+from s4s_jupyter.client.retrieve import Retriever
+from s4s_jupyter.client.retry import retry_after_seconds
 from s4s_jupyter.client.targets import DICOMwebEndpoint, series_targets
 from servers.demo_data.plan import DemoPlan
 from servers.runtime import ServerLoop

@@ -282,13 +282,14 @@ async def retrieve(h: PACSHandler, study: str, series: str | None = None,
     files = await h.run(h.ctx.store.instance_files, study, series, instance)
     if not files:
         raise wado.NotFound("no such " + ("instance" if instance else "series" if series else "study"))
-    syntax = neg.choose_dicom_syntax(h.accept(), {f.transfer_syntax for f in files})
-    if syntax is None:
+    choice = neg.choose_dicom_syntax(h.accept(), {f.transfer_syntax for f in files})
+    if choice is None:
         raise wado.NotAcceptable("cannot send these objects in the media type / transfer syntax asked for; "
                                  "supported: application/dicom with transfer-syntax=* (as stored), "
                                  "1.2.840.10008.1.2.1 or 1.2.840.10008.1.2")
+    syntax, named = choice
     boundary = new_boundary()
-    await h.stream(wado.instance_segments(files, syntax, boundary),
+    await h.stream(wado.instance_segments(files, syntax, boundary, fallback_as_stored=not named),
                    related_content_type(boundary, "application/dicom"))
 
 

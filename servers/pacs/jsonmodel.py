@@ -2,11 +2,12 @@
 
 ``Dataset.to_json_dict`` first turns every raw element into a pydicom value object; at ingest that
 conversion is most of the CPU a STOW-RS request costs. :func:`to_json` reads the bytes of the common
-elements of an explicit little-endian dataset itself and gives the same answer as pydicom (a test
-compares both on every file pydicom ships and on the generator's files). Anything it does not handle
-exactly like pydicom goes to pydicom, element by element: implicit VR, UN, ambiguous or
-already-converted elements, character sets other than the default, Latin-1 and UTF-8, empty values
-inside a multi-valued number, person names with ideographic or phonetic groups.
+elements itself and gives the same answer as pydicom (a test compares both on every file pydicom ships
+and on the generator's files), without pydicom's value warnings. What it does not handle exactly like
+pydicom goes to pydicom, element by element: private implicit or UN elements, ambiguous VRs, the
+structure of sequences (their items come back here), already-converted elements, character sets other
+than the default, Latin-1 and UTF-8, empty values inside a multi-valued number, person names with
+ideographic or phonetic groups.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
@@ -80,11 +82,11 @@ def _pydicom_json(ds: Dataset, tag: int, bulk_uri: Callable[[str], str], thresho
 
 def _raw_to_json(ds: Dataset, raw: RawDataElement, charset: str, bulk_uri: Callable[[str], str],
                  threshold: int, path: str) -> dict[str, Any]:
-    vr = raw.VR
+    vr = _vr(raw)
     value = raw.value
-    if vr is None or vr == "UN" or value is None or not raw.is_little_endian or " or " in vr or vr == "SQ":
+    if value is None or not raw.is_little_endian or " or " in vr or vr == "SQ":
         raise _Fallback
-    if vr in _BINARY:
+    if vr in _BINARY or vr == "UN":
         if not value:
             return {"vr": vr}
         if len(value) > (threshold // 4) * 3:
@@ -141,6 +143,29 @@ def _raw_to_json(ds: Dataset, raw: RawDataElement, charset: str, bulk_uri: Calla
     if values == [""]:
         return {"vr": vr}
     return {"vr": vr, "Value": values}
+
+
+def _vr(raw: RawDataElement) -> str:
+    """The VR pydicom gives ``raw`` (its ``raw_element_vr`` rule): the dictionary's for implicit VR and for
+    a standard element written as UN; private and unknown implicit elements go to pydicom."""
+    vr = raw.VR
+    tag = raw.tag
+    if vr is None:
+        if tag.is_private or tag.element == 0:
+            raise _Fallback
+        try:
+            return str(dictionary_VR(tag))
+        except KeyError:
+            raise _Fallback from None
+    if vr == "UN":
+        if tag.is_private:
+            raise _Fallback
+        if raw.value is None or len(raw.value) < 0xFFFF:
+            try:
+                return str(dictionary_VR(tag))
+            except KeyError:
+                return "UN"
+    return str(vr)
 
 
 def _numbers(values: list[str]) -> list[str]:

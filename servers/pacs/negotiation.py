@@ -94,8 +94,9 @@ def can_serve(stored: str, wanted: str) -> bool:
     return False
 
 
-def choose_dicom_syntax(accept: list[MediaRange], stored: set[str]) -> str | None:
-    """The transfer syntax to send DICOM objects in (``*`` for as stored), or None (406).
+def choose_dicom_syntax(accept: list[MediaRange], stored: set[str]) -> tuple[str, bool] | None:
+    """The transfer syntax to send DICOM objects in (``*`` for as stored) and whether the client named
+    it (False: the default applied), or None (406).
 
     Accepted: ``multipart/related; type="application/dicom"`` (PS3.18 10.4.1.1.1), ``application/dicom``
     (answered as multipart too, one part per instance), ``multipart/related`` without type, ``*/*``.
@@ -107,7 +108,7 @@ def choose_dicom_syntax(accept: list[MediaRange], stored: set[str]) -> str | Non
             continue
         wanted = m.transfer_syntax or str(ExplicitVRLittleEndian)
         if all(can_serve(s, wanted) for s in stored):
-            return wanted
+            return wanted, m.transfer_syntax is not None
     return None
 
 

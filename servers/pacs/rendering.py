@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from s4s_jupyter.core.errors import DICOMwebError
-from servers.pacs.wado import NotFound
+from servers.pacs.wado import NotAcceptable, NotFound
 
 
 @dataclass(frozen=True)
@@ -79,14 +79,18 @@ def render(path: Path, frame: int, options: RenderOptions) -> bytes:
     n = int(ds.get("NumberOfFrames", 1) or 1)
     if frame > n:
         raise NotFound(f"frame {frame} does not exist (the instance has {n})")
-    arr = pixel_array(ds, index=frame - 1)
+    try:
+        arr = pixel_array(ds, index=frame - 1)
+    except Exception as exc:
+        raise NotAcceptable(f"the pixel data cannot be decoded here, so it is not rendered: {exc}") from exc
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     if arr.ndim == 3 and arr.shape[-1] == 3:
-        if photometric.startswith("YBR"):
-            from pydicom.pixels import convert_color_space
-
-            arr = convert_color_space(arr, photometric, "RGB")
-        img8 = np.clip(arr, 0, 255).astype(np.uint8) if arr.dtype != np.uint8 else arr
+        # pydicom's pixel_array already gives RGB for YBR photometric interpretations (as_rgb)
+        if arr.dtype == np.uint8:
+            img8 = arr
+        else:
+            top = float(2 ** int(ds.get("BitsStored", 8 * arr.dtype.itemsize)) - 1)
+            img8 = np.round(np.clip(arr, 0, top) / top * 255.0).astype(np.uint8)
         image = Image.fromarray(img8, "RGB")
     else:
         values: Any = arr.astype(np.float64) * float(ds.get("RescaleSlope", 1) or 1) + float(

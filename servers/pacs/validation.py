@@ -133,6 +133,10 @@ def _check_dataset(ds: Dataset, data: bytes) -> CheckedInstance:
     for tag in list(ds.keys()):
         raw = ds.get_item(tag)
         if not isinstance(raw, RawDataElement):
+            # pydicom parses undefined-length sequences as it reads; other parsed elements have no
+            # recorded position, so the end of the file is then checked only for a sequence
+            last_undefined = bool(getattr(raw, "is_undefined_length", False))
+            last_end = None
             continue
         length = raw.length
         value = raw.value if raw.value is not None else b""
@@ -172,14 +176,21 @@ def _is_image_storage(sop_class: str) -> bool:
 
 
 def expected_native_length(ds: Dataset) -> int:
-    """Bytes of native (uncompressed) Pixel Data implied by the Image Pixel Module (PS3.3 C.7.6.3)."""
-    rows = int(ds.Rows)
-    cols = int(ds.Columns)
-    spp = int(ds.get("SamplesPerPixel", 1) or 1)
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    bits = int(ds.BitsAllocated)
-    total_bits = rows * cols * spp * frames * bits
-    return (total_bits + 7) // 8
+    """Bytes of native (uncompressed) Pixel Data implied by the Image Pixel Module (PS3.3 C.7.6.3):
+    Rows x Columns x SamplesPerPixel x NumberOfFrames x BitsAllocated / 8, with YBR_FULL_422's
+    horizontal chroma subsampling (PS3.3 C.7.6.3.1.2); pydicom's own rule."""
+    from pydicom.pixels.utils import get_expected_length
+
+    pixel_module = Dataset()  # a copy of what the rule needs: the checked dataset stays as read
+    pixel_module.Rows = int(ds.Rows)
+    pixel_module.Columns = int(ds.Columns)
+    pixel_module.BitsAllocated = int(ds.BitsAllocated)
+    # Type 1, but some writers omit it for grayscale images
+    pixel_module.SamplesPerPixel = int(ds.get("SamplesPerPixel", 1) or 1)
+    pixel_module.NumberOfFrames = int(ds.get("NumberOfFrames", 1) or 1)
+    pixel_module.PhotometricInterpretation = str(ds.get("PhotometricInterpretation", "") or (
+        "MONOCHROME2" if pixel_module.SamplesPerPixel == 1 else "RGB"))
+    return int(get_expected_length(pixel_module, unit="bytes"))
 
 
 def _check_pixel_data(ds: Dataset, ts: UID, raw: RawDataElement) -> None:

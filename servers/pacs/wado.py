@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from servers.pacs.negotiation import AS_STORED
 from servers.pacs.segments import FileRange, Segment
 from servers.pacs.store import InstanceFile
 
+log = logging.getLogger("s4s.pacs.wado")
+
 
 class NotFound(DICOMwebError):
     status = 404
@@ -32,21 +35,44 @@ class NotAcceptable(DICOMwebError):
 
 def transcode(path: Path, syntax: str) -> bytes:
     """A stored object re-encoded in a native syntax (Explicit or Implicit VR Little Endian, PS3.5 A.1/A.2),
-    decompressing its pixel data first when needed."""
+    decompressing its pixel data first when needed; :class:`NotAcceptable` when pydicom cannot."""
     from pydicom import dcmread
 
-    ds = dcmread(path)
-    if ds.file_meta.TransferSyntaxUID.is_compressed:
-        ds.decompress()  # keeps the pixel module consistent (PhotometricInterpretation, ...)
-    ds.file_meta.TransferSyntaxUID = UID(syntax)
-    buf = io.BytesIO()
-    ds.save_as(buf, implicit_vr=syntax == ImplicitVRLittleEndian, little_endian=True,
-               enforce_file_format=True)
+    try:
+        ds = dcmread(path)
+        if ds.file_meta.TransferSyntaxUID.is_compressed:
+            ds.decompress()  # keeps the pixel module consistent (PhotometricInterpretation, ...)
+        ds.file_meta.TransferSyntaxUID = UID(syntax)
+        buf = io.BytesIO()
+        ds.save_as(buf, implicit_vr=syntax == ImplicitVRLittleEndian, little_endian=True,
+                   enforce_file_format=True)
+    except Exception as exc:
+        raise NotAcceptable(f"this instance cannot be converted to {syntax}: {exc}") from exc
     return buf.getvalue()
 
 
-def instance_segments(files: list[InstanceFile], syntax: str, boundary: str) -> list[Segment]:
-    """A ``multipart/related; type="application/dicom"`` body (PS3.18 10.4.1.1.1) of ``files``."""
+def _transcoded_part(f: InstanceFile, syntax: str, boundary: str, first: bool, fallback: bool) -> bytes:
+    """One part holding ``f`` in ``syntax``. When that fails and the client did not name the syntax
+    (``fallback``), the part holds the stored object and says so in its Content-Type."""
+    try:
+        body = transcode(f.path, syntax)
+    except NotAcceptable:
+        if not fallback:
+            raise
+        log.warning("sending %s as stored (%s): it cannot be converted", f.sop_uid, f.transfer_syntax)
+        return part_head(boundary, f"application/dicom; transfer-syntax={f.transfer_syntax}",
+                         first=first) + f.path.read_bytes()
+    return part_head(boundary, f"application/dicom; transfer-syntax={syntax}", first=first) + body
+
+
+def instance_segments(files: list[InstanceFile], syntax: str, boundary: str,
+                      fallback_as_stored: bool = False) -> list[Segment]:
+    """A ``multipart/related; type="application/dicom"`` body (PS3.18 10.4.1.1.1) of ``files``.
+
+    Objects already in ``syntax`` (or all, for ``*``) are byte ranges of their files; the others are
+    converted when their turn comes. ``fallback_as_stored``: an object that cannot be converted is sent
+    as stored (the default syntax was not asked for by name), rather than failing the answer.
+    """
     segments: list[Segment] = []
     for n, f in enumerate(files):
         if syntax in (AS_STORED, f.transfer_syntax):
@@ -54,8 +80,7 @@ def instance_segments(files: list[InstanceFile], syntax: str, boundary: str) -> 
                                       first=n == 0))
             segments.append(FileRange(f.path, 0, f.size))
         else:
-            segments.append(part_head(boundary, f"application/dicom; transfer-syntax={syntax}", first=n == 0))
-            segments.append(partial(transcode, f.path, syntax))
+            segments.append(partial(_transcoded_part, f, syntax, boundary, n == 0, fallback_as_stored))
     segments.append(closing(boundary))
     return segments
 
@@ -124,7 +149,10 @@ def encapsulated_frame(path: Path, frame: int, number_of_frames: int) -> bytes:
     from pydicom.encaps import get_frame
 
     ds = dcmread(path)
-    return bytes(get_frame(ds.PixelData, frame - 1, number_of_frames=number_of_frames))
+    try:
+        return bytes(get_frame(ds.PixelData, frame - 1, number_of_frames=number_of_frames))
+    except Exception as exc:
+        raise NotAcceptable(f"frame {frame} cannot be found in the encapsulated pixel data: {exc}") from exc
 
 
 def decoded_frame(path: Path, frame: int) -> bytes:
@@ -132,7 +160,10 @@ def decoded_frame(path: Path, frame: int) -> bytes:
     from pydicom.pixels import pixel_array
 
     ds = dcmread(path)
-    arr = pixel_array(ds, index=frame - 1)
+    try:
+        arr = pixel_array(ds, index=frame - 1)
+    except Exception as exc:
+        raise NotAcceptable(f"the pixel data cannot be decoded here: {exc}") from exc
     return bytes(arr.astype(arr.dtype.newbyteorder("<")).tobytes())
 
 

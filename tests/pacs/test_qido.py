@@ -209,6 +209,7 @@ def test_nothing_matches_is_204(loaded_pacs: PACS) -> None:
     {"PixelData": "x"},
     {"InstanceNumber": "one"},
     {"includefield": "NotAnAttribute"},
+    {"RequestAttributesSequence.ScheduledProcedureStepID": "x"},
 ])
 def test_malformed_parameters_are_400(loaded_pacs: PACS, params: dict[str, str]) -> None:
     r = loaded_pacs.get("/studies", **params)

@@ -1,0 +1,59 @@
+"""The kit's memory while it downloads stays bounded by its chunk and head sizes, whatever the study's
+size: the Python allocations at their peak (tracemalloc) for a study four times larger than another of
+the same shape are the same, and a fraction of what the study weighs."""
+
+from __future__ import annotations
+
+import tracemalloc
+from pathlib import Path
+
+import pytest
+
+from s4s_jupyter import DICOMweb
+from servers.demo_data.plan import DemoOptions, DemoPlan, make_plan
+from servers.runtime import ServerLoop
+
+
+@pytest.fixture(scope="module")
+def heavy(server_loop: ServerLoop,
+          tmp_path_factory: pytest.TempPathFactory) -> tuple[str, DemoPlan, DemoPlan]:
+    """A PACS holding two studies of 4 series of CT instances of 256 x 256: 8 instances per series
+    (about 4 MB) and 32 (about 17 MB)."""
+    from servers.pacs.app import dicomweb_url, make_app
+    from servers.pacs.seed import seed
+    from servers.pacs.settings import PACSSettings
+
+    def plan(seed_: int, instances: int) -> DemoPlan:
+        return make_plan(DemoOptions(seed=seed_, patients=1, studies_per_patient=(1, 1),
+                                     series_per_study=(4, 4), instances_per_series=(instances, instances),
+                                     rows=256, columns=256, modalities=("CT",)))
+
+    small, large = plan(11, 8), plan(12, 32)
+    settings = PACSSettings(data_dir=tmp_path_factory.mktemp("heavy-pacs"), fsync=False)
+    served = server_loop.serve(lambda url: make_app(settings, url))
+    seed(served.app.settings["pacs"].store, small)
+    seed(served.app.settings["pacs"].store, large)
+    return dicomweb_url(served.url), small, large
+
+
+def peak_while(pacs: DICOMweb, study_uid: str, out: Path) -> tuple[int, int]:
+    tracemalloc.start()
+    try:
+        manifest = pacs.download(study_uid, out, progress=False)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert set(manifest["status"]) == {"downloaded"}
+    return peak, int(manifest["size"].sum())
+
+
+def test_download_memory_does_not_grow_with_the_study(heavy: tuple[str, DemoPlan, DemoPlan],
+                                                      tmp_path: Path) -> None:
+    url, small, large = heavy
+    with DICOMweb(url) as pacs:
+        peak_small, small_bytes = peak_while(pacs, small.patients[0].studies[0].study_uid, tmp_path / "s")
+        peak_large, large_bytes = peak_while(pacs, large.patients[0].studies[0].study_uid, tmp_path / "l")
+    assert large_bytes > 3.5 * small_bytes and large_bytes > 15_000_000
+    # 4 connections x (256 KiB read + 64 KiB head), plus the manifest: not the study
+    assert peak_large < 4_000_000 and peak_large < large_bytes / 4
+    assert peak_large < peak_small + 1_000_000, (peak_small, peak_large)

@@ -89,6 +89,13 @@ def test_other_patients_and_missing_tokens_are_refused(imaging_ehr: RunningEHR) 
     assert httpx.get(f"{ehr.url}/dicom-web/studies/{theirs}/metadata", headers=headers).status_code == 404
     r = httpx.get(f"{ehr.fhir_base}/ImagingStudy", params={"patient": other.id}, headers=headers)
     assert r.status_code == 403 and r.json()["resourceType"] == "OperationOutcome"
+    # a token of the same patient without an ImagingStudy grant opens no imaging
+    user = next(u for u in ehr.plan.users if u.patient_ids == (patient.id,))
+    labs = launch(ehr.url, user.username, user.password, patient.id,
+                  scope="launch/patient patient/Observation.rs")["access_token"]
+    r = httpx.get(f"{ehr.fhir_base}/ImagingStudy", params={"patient": patient.id},
+                  headers={"Authorization": f"Bearer {labs}"})
+    assert r.status_code == 403, r.text
     for url in (f"{ehr.fhir_base}/ImagingStudy?patient={patient.id}",
                 f"{ehr.url}/dicom-web/studies/{patient.studies[0].study_uid}",
                 f"{ehr.url}/dicom-web/studies"):

@@ -30,7 +30,7 @@ class PACSSettings:
     max_upload_bytes: int = 2 * 1024**3
     max_part_bytes: int = 512 * 1024**2
     bulk_data_threshold: int = 1024
-    read_chunk_bytes: int = 1024 * 1024
+    read_chunk_bytes: int = 4 * 1024 * 1024
     workers: int = 8
     fsync: bool = True
     sendfile_min_bytes: int | None = 64 * 1024

@@ -528,11 +528,16 @@ class Retriever:
       :class:`~s4s_jupyter.client.auth.BearerAuth`); others get no ``Authorization`` header at all.
     - ``connections_per_host``: how many requests run at once against one host.
     - ``max_attempts``: tries per request (429/503 honour ``Retry-After`` up to ``max_retry_after`` s).
+    - ``split_series``: when a retrieval has fewer whole series than connections, fetch their instances
+      one request each, so every connection has work. Off by default: against this project's PACS on
+      loopback, a 2-series study (240 instances) took 0.26 s as two series requests and 0.48 s as 240
+      instance requests on 4 connections; a server whose single stream is slow (a distant one) may gain.
     """
 
     def __init__(self, *, auth: httpx.Auth | None = None, connections_per_host: int = 4,
                  timeout: float = 120.0, max_attempts: int = 5, max_retry_after: float = 300.0,
-                 backoff: float = 0.5, sleep: Callable[[float], None] = time.sleep) -> None:
+                 backoff: float = 0.5, sleep: Callable[[float], None] = time.sleep,
+                 split_series: bool = False) -> None:
         if connections_per_host < 1:
             raise ValueError("connections_per_host must be at least 1")
         self.auth = auth
@@ -541,6 +546,7 @@ class Retriever:
         self.max_retry_after = max_retry_after
         self.backoff = backoff
         self._sleep = sleep
+        self.split_series = split_series
         self.http = StreamingHTTP(timeout=timeout, maxsize=connections_per_host)
         self._hosts: dict[str, threading.BoundedSemaphore] = {}
         self._hosts_lock = threading.Lock()
@@ -668,8 +674,8 @@ class Retriever:
             if not whole:
                 units.extend(_Unit(t, i.sop_uid) for i in pending[1:])
         series_units = [u for u in units if u.sop_uid is None]
-        # few series: split them into instances so every connection has work
-        if series_units and len(units) < self.connections_per_host:
+        # few series: split them into instances so every connection has work (if asked to)
+        if self.split_series and series_units and len(units) < self.connections_per_host:
             split: list[_Unit] = []
             for u in units:
                 expected = u.target.expected() or ()

@@ -152,3 +152,18 @@ def test_progress_is_reported_per_instance_within_a_series_request(pacs: str, ki
 
         with pytest.raises(KeyboardInterrupt):
             r.load(targets, progress=False, on_progress=stop)
+
+
+def test_whole_series_in_one_request_unless_asked_to_split(server_loop: ServerLoop, pacs: str,
+                                                           kit_plan: DemoPlan, tmp_path: Path) -> None:
+    import re
+
+    study = kit_plan.patients[0].studies[0]
+    for split, expected in ((False, len(study.series)), (True, study.number_of_instances)):
+        state, url = proxy(server_loop, pacs)
+        with Retriever(connections_per_host=4, split_series=split) as r:
+            targets = series_targets(study.study_uid, endpoint=DICOMwebEndpoint(url), qido=r.qido)
+            manifest = r.download(targets, tmp_path / str(split), progress=False)
+        assert set(manifest["status"]) == {"downloaded"} and len(manifest) == study.number_of_instances
+        retrievals = [p for p, _ in state.seen if re.search(r"/(series|instances)/[^/]+$", p)]
+        assert len(retrievals) == expected

@@ -5,7 +5,7 @@ instances of ``--size`` x ``--size`` pixels) on loopback, in this process. Each 
 subprocess, so its peak memory (``ru_maxrss``) is its own:
 
 - ``kit``: :meth:`s4s_jupyter.DICOMweb.download` (streams each series' multipart answer to files, in
-  parallel, ``--connections`` per host);
+  parallel, ``--connections`` per host, a CRC-32 per file, the default);
 - ``dicomweb-client``: ``DICOMwebClient.retrieve_study`` (the whole study into pydicom Datasets), then
   each Dataset written with ``save_as`` into the same layout: what a user of that library does to get the
   study on disk;

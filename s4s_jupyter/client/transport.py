@@ -10,11 +10,13 @@ took 0.11 s of CPU with httpx and 0.05 s with urllib3 (``benchmarks/bench_kit.py
 Authentication stays one thing for the whole kit: any :class:`httpx.Auth` (the session's
 :class:`~s4s_jupyter.client.auth.BearerAuth`, which refreshes and retries after a 401) is driven through
 its public ``sync_auth_flow`` generator, each request it yields sent with urllib3. Proxies come from the
-environment as httpx and requests take them (``HTTP(S)_PROXY``, ``NO_PROXY``).
+environment as httpx and requests take them (``HTTP(S)_PROXY``, ``NO_PROXY``), and so do the certificate
+authorities for TLS: ``SSL_CERT_FILE`` when set, else certifi's bundle (httpx's default).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import urllib.request
 from collections.abc import Mapping
@@ -36,8 +38,11 @@ class StreamingHTTP:
     """GET requests whose answers are read as streams; connections kept per host (``maxsize``)."""
 
     def __init__(self, *, timeout: float, connect_timeout: float = 30.0, maxsize: int = 4) -> None:
+        import certifi
+
         self.timeout = urllib3.Timeout(connect=connect_timeout, read=timeout)
-        self._options = {"maxsize": maxsize, "block": False, "retries": False, "timeout": self.timeout}
+        self._options = {"maxsize": maxsize, "block": False, "retries": False, "timeout": self.timeout,
+                         "ca_certs": os.environ.get("SSL_CERT_FILE") or certifi.where()}
         self._direct = urllib3.PoolManager(**self._options)  # type: ignore[arg-type]
         self._proxied: dict[str, urllib3.ProxyManager] = {}
         self._lock = threading.Lock()

@@ -369,8 +369,7 @@ class _Run:
             self.records[row["sop_uid"]] = row
             if persist and self.sidecar is not None:
                 line = {k: row[k] for k in ("study_uid", "series_uid", "sop_uid", "path", "size", "checksum")}
-                self.sidecar.write(json.dumps(line).encode() + b"\n")
-                self.sidecar.flush()
+                self.sidecar.write(json.dumps(line).encode() + b"\n")  # flushed as its buffer fills
         self.progress.add_instances(1, row["sop_uid"])
         return True
 
@@ -410,18 +409,20 @@ class _PartWriter:
         if self.out is None:
             if self.skip:
                 return
+            if not self.head and len(data) >= _HEAD_BYTES:
+                self._open(data)  # the first piece holds the head: used as it is, no copy
+                return
             self.head += data
             if len(self.head) >= _HEAD_BYTES:
-                self._open()
+                self._open(bytes(self.head))
             return
         self.out.write(data)
         if self.hash is not None:
             self.hash.update(data)
 
-    def _open(self) -> None:
-        """Decide where the part goes from its first bytes, and write them there."""
+    def _open(self, head: bytes) -> None:
+        """Decide where the part goes from its first bytes (``head``), and write them there."""
         assert self.run.directory is not None
-        head = bytes(self.head)
         header = _header_from_head(head)
         if header is not None:
             if not self._wanted(header):
@@ -433,6 +434,7 @@ class _PartWriter:
             self.head = bytearray()
         else:  # pydicom decides at the end, from the head kept and the file
             fd, name = tempfile.mkstemp(suffix=".part", dir=self.run.directory / ".s4s-tmp")
+            self.head = bytearray(head)
         self.tmp = name
         self.out = open(fd, "wb")  # noqa: SIM115 - closed in finish() or abort()
         self.out.write(head)
@@ -478,7 +480,7 @@ class _PartWriter:
         from pydicom.errors import InvalidDicomError
 
         if self.to_disk and self.out is None and not self.skip:
-            self._open()  # a part shorter than the head
+            self._open(bytes(self.head))  # a part shorter than the head
         if self.skip:
             return
         assert self.out is not None

@@ -1,20 +1,21 @@
 """WADO-RS retrieval (PS3.18 10.4) of series and instances, streamed to disk or loaded into pydicom.
 
-Why httpx here and not dicomweb-client: dicomweb-client's ``retrieve_study`` / ``iter_series`` read each
-part into memory and build a pydicom Dataset before the caller sees it, one request at a time. Writing a
-study to disk needs less: this engine streams each ``multipart/related`` answer through the incremental
-parser of :mod:`s4s_jupyter.core.multipart`, writes every part to a temporary file while hashing it,
-reads only the file's header to learn its UIDs, and renames it into place. Memory stays bounded by the
-chunk size whatever the size of the study, and several series (or instances) download at once over a
-bounded number of connections per host. dicomweb-client serves the lighter calls (QIDO-RS, metadata,
-of which rendered thumbnails go through this engine too, see :meth:`Retriever.rendered`).
+Why our own engine and not dicomweb-client: dicomweb-client's ``retrieve_study`` / ``iter_series`` read
+each part into memory and build a pydicom Dataset before the caller sees it, one request at a time.
+Writing a study to disk needs less: this engine streams each ``multipart/related`` answer (over urllib3,
+:mod:`s4s_jupyter.client.transport` says why) through the incremental parser of
+:mod:`s4s_jupyter.core.multipart`, reads each file's UIDs from its first bytes and checks them before
+writing, writes the file with a running checksum under a temporary name and renames it into place.
+Memory stays bounded by the read and head sizes whatever the size of the study, and several series
+download at once over a bounded number of connections per host. dicomweb-client serves the lighter
+calls (QIDO-RS, metadata; rendered thumbnails go through this engine, see :meth:`Retriever.rendered`).
 
 Layout on disk: ``{directory}/{PatientID}/{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}.dcm``
 (PatientID from the file, made safe for file names; the FHIR patient id when the file has none). A
-sidecar ``{directory}/.s4s-manifest.jsonl`` records the size and SHA-256 of every file written, so a
-second call skips what is complete and verified and fetches only the rest (resumable). ``429``/``503``
-answers are retried after their ``Retry-After`` (RFC 9110 10.2.3); connection errors and other ``5xx``
-with exponential back-off.
+sidecar ``{directory}/.s4s-manifest.jsonl`` records the size and checksum (CRC-32, or SHA-256 on request)
+of every file written, so a second call skips what is complete and verified and fetches only the rest
+(resumable). ``429``/``503`` answers are retried after their ``Retry-After`` (RFC 9110 10.2.3);
+connection errors and other ``5xx`` with exponential back-off (:mod:`s4s_jupyter.client.retry`).
 """
 
 from __future__ import annotations

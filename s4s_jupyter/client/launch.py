@@ -21,7 +21,7 @@ import os
 import secrets
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -65,12 +65,41 @@ class AuthorizationRequest:
     code_verifier: str = field(repr=False)
 
 
+#: authorize parameters the kit sets itself (RFC 6749 4.1.1, RFC 7636 4.3, SMART App Launch 2.x
+#: "Authorization request"): :func:`authorization_request` refuses them in ``extra``
+KIT_AUTHORIZE_PARAMS = frozenset({"response_type", "client_id", "redirect_uri", "scope", "state", "aud",
+                                  "code_challenge", "code_challenge_method", "launch"})
+
+
+def check_authorize_params(extra: Mapping[str, str] | None) -> dict[str, str]:
+    """``extra`` as a plain dict of strings; :class:`ValueError` for a parameter the kit owns (it would
+    break the login or its protections: ``state``, PKCE, ``aud``, ...) or a value that is not a string."""
+    out: dict[str, str] = {}
+    for name, value in (extra or {}).items():
+        if name in KIT_AUTHORIZE_PARAMS:
+            hint = " (use launch_context=)" if name == "launch" else ""
+            raise ValueError(f"authorize parameter {name!r} is set by the kit and cannot be overridden"
+                             f"{hint}; the kit owns {', '.join(sorted(KIT_AUTHORIZE_PARAMS))}")
+        if not isinstance(name, str) or not name or not isinstance(value, str):
+            raise ValueError(f"authorize parameters are names and string values; got {name!r}={value!r}")
+        out[name] = value
+    return out
+
+
 def authorization_request(config: SmartConfiguration, client_id: str, redirect_uri: str, scope: str,
-                          aud: str, *, launch: str | None = None) -> AuthorizationRequest:
-    """The authorize URL of a standalone launch (``launch`` set: an EHR launch), with fresh secrets."""
+                          aud: str, *, launch: str | None = None,
+                          extra: Mapping[str, str] | None = None) -> AuthorizationRequest:
+    """The authorize URL of a standalone launch (``launch`` set: an EHR launch), with fresh secrets.
+
+    ``extra``: further authorize parameters a standard defines, e.g. OpenID Connect Core 3.1.2.1
+    ``login_hint``, ``prompt``, ``max_age``, ``ui_locales``, or RFC 8707 ``resource``; an authorization
+    server ignores those it does not know (RFC 6749 3.1). The kit's own (:data:`KIT_AUTHORIZE_PARAMS`)
+    are refused with :class:`ValueError`.
+    """
+    params = check_authorize_params(extra)
     verifier = make_verifier()
     state = secrets.token_urlsafe(32)
-    params = {
+    params.update({
         "response_type": "code",
         "client_id": client_id,
         "redirect_uri": redirect_uri,
@@ -79,7 +108,7 @@ def authorization_request(config: SmartConfiguration, client_id: str, redirect_u
         "aud": aud.rstrip("/"),
         "code_challenge": s256_challenge(verifier),
         "code_challenge_method": "S256",
-    }
+    })
     if launch:
         params["launch"] = launch
     sep = "&" if urlsplit(config.authorization_endpoint).query else "?"

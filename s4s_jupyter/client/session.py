@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -103,7 +104,8 @@ class Session:
 
     def login(self, *, browser: launch.Browser | None = None,
               receiver: launch.RedirectReceiver | None = None, timeout: float = 300.0,
-              launch_context: str | None = None) -> TokenSet:
+              launch_context: str | None = None, login_hint: str | None = None,
+              authorize_params: Mapping[str, str] | None = None) -> TokenSet:
         """SMART standalone launch with PKCE S256 (SMART App Launch 2.x; RFC 8252 for the redirect).
 
         ``receiver`` catches the redirect (default: a one-shot :class:`LoopbackRedirect` on 127.0.0.1 and a
@@ -111,12 +113,21 @@ class Session:
         to the user (default: open the system browser where there is one, and print/display the link);
         automation passes one that drives the pages (:class:`~s4s_jupyter.client.automation.FormLogin`)
         and may return the redirect URL itself.
+
+        ``login_hint`` (OpenID Connect Core 3.1.2.1: who is expected to sign in) and ``authorize_params``
+        (any other authorize parameters a standard defines, e.g. ``prompt``, ``ui_locales``) are added to
+        the authorize URL; the parameters the kit sets itself (``state``, PKCE, ``aud``, ...,
+        :data:`~s4s_jupyter.client.launch.KIT_AUTHORIZE_PARAMS`) raise :class:`ValueError`.
         """
+        extra = launch.check_authorize_params(authorize_params)
+        if login_hint is not None:
+            extra["login_hint"] = login_hint
         own = receiver is None
         rcv = receiver or launch.LoopbackRedirect()
         try:
             request = launch.authorization_request(self.config, self.client.client_id, rcv.redirect_uri,
-                                                   self.scopes, self.fhir_base, launch=launch_context)
+                                                   self.scopes, self.fhir_base, launch=launch_context,
+                                                   extra=extra)
             returned = (browser or launch.default_browser)(request.url)
             redirect_url = returned if isinstance(returned, str) else rcv.wait(timeout)
         finally:
@@ -375,7 +386,8 @@ def connect(fhir_base: str | None = None, *, client_id: str | None = None, clien
             browser: launch.Browser | None = None, receiver: launch.RedirectReceiver | None = None,
             token_store: TokenStore | str | os.PathLike[str] | bool | None = True,
             timeout: float = 60.0,
-            connections_per_host: int = 4) -> Session:
+            connections_per_host: int = 4, login_hint: str | None = None,
+            authorize_params: Mapping[str, str] | None = None) -> Session:
     """Connect to a SMART on FHIR EHR and log in (unless stored tokens still work).
 
     - ``fhir_base``: the EHR's FHIR base URL; its ``.well-known/smart-configuration`` is read. None:
@@ -388,10 +400,12 @@ def connect(fhir_base: str | None = None, *, client_id: str | None = None, clien
     - ``imaging_base``: the imaging server's FHIR base; None means ``$S4S_IMAGING_URL`` (for
       ``$S4S_EHR_URL``), else the EHR's ``associated_endpoints``.
     - ``login``: False to skip the login (call :meth:`Session.login` later).
-    - ``browser`` / ``receiver``: see :meth:`Session.login`.
+    - ``browser`` / ``receiver`` / ``login_hint`` / ``authorize_params``: see :meth:`Session.login`
+      (a bad ``authorize_params`` raises :class:`ValueError` before anything is sent).
     - ``token_store``: True for the default file (``$S4S_TOKEN_STORE``, else under the Jupyter data
       directory), a path or :class:`TokenStore`, or False/None to keep tokens in memory only.
     """
+    launch.check_authorize_params(authorize_params)  # refuse before any network call
     fhir_base, client_id, scopes, imaging_base = _environment_defaults(fhir_base, client_id, scopes,
                                                                        imaging_base)
     store: TokenStore | None
@@ -408,7 +422,8 @@ def connect(fhir_base: str | None = None, *, client_id: str | None = None, clien
                       connections_per_host=connections_per_host)
     if login:
         try:
-            session.ensure_login(browser=browser, receiver=receiver)
+            session.ensure_login(browser=browser, receiver=receiver, login_hint=login_hint,
+                                 authorize_params=authorize_params)
         except BaseException:
             session.close()
             raise

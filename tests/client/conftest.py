@@ -64,3 +64,14 @@ def stack(server_loop: ServerLoop, tmp_path_factory: pytest.TempPathFactory,
 @pytest.fixture
 def token_file(tmp_path: Path) -> Path:
     return tmp_path / "jupyter-data" / "s4s_jupyter" / "tokens.json"
+
+
+@pytest.fixture(scope="session")
+def auto_stack(server_loop: ServerLoop, tmp_path_factory: pytest.TempPathFactory,
+               kit_plan: DemoPlan) -> dict[str, Any]:
+    """The demo stack on ``kit_plan`` with the EHR's demo-only ``auto_approve``: a loopback login needs no
+    pages, and the EHR picks the user and patient from the ``patient`` / ``login_hint`` hints."""
+    from servers.demo import DemoContext, start_stack
+
+    ctx = DemoContext(data_dir=tmp_path_factory.mktemp("kit-auto-stack"), plan=kit_plan, auto_approve=True)
+    return start_stack(ctx, server_loop)

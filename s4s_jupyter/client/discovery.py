@@ -52,6 +52,9 @@ class SmartConfiguration:
     response_types_supported: tuple[str, ...] = ()
     token_endpoint_auth_methods_supported: tuple[str, ...] = ()
     associated_endpoints: tuple[AssociatedEndpoint, ...] = ()
+    #: RFC 9207 3: the server puts ``iss`` into every authorization response (then a response without
+    #: it is refused: :func:`s4s_jupyter.client.launch.parse_redirect`)
+    authorization_response_iss_parameter_supported: bool | None = None
     extra: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     @classmethod
@@ -76,6 +79,8 @@ class SmartConfiguration:
             if name == "associated_endpoints":
                 value = tuple(AssociatedEndpoint(str(e["url"]), tuple(e.get("capabilities") or ()))
                               for e in value if isinstance(e, Mapping) and e.get("url"))
+            elif name == "authorization_response_iss_parameter_supported":
+                value = value is True
             elif isinstance(value, list):
                 value = tuple(str(v) for v in value)
             kwargs[name] = value

@@ -7,7 +7,8 @@ The pieces, in the order of a login:
 2. The user's browser visits it; the EHR redirects to ``redirect_uri`` with ``code`` and ``state``.
    Who catches that redirect is a :class:`RedirectReceiver`: :class:`LoopbackRedirect` (a one-shot HTTP
    listener on ``127.0.0.1`` and a random port, RFC 8252 7.3), or the Jupyter server extension.
-3. :func:`parse_redirect` checks ``state`` (constant time) and turns an ``error`` into :class:`OAuthError`.
+3. :func:`parse_redirect` checks ``state`` (constant time) and the RFC 9207 ``iss`` (the mix-up defence of
+   RFC 9700 4.4), and turns an ``error`` into :class:`OAuthError`.
 4. :func:`exchange_code` trades the code and ``code_verifier`` for a :class:`TokenSet`.
 
 :func:`refresh_tokens` and :func:`revoke_token` are the other two token endpoint calls.
@@ -63,6 +64,18 @@ class AuthorizationRequest:
     scope: str
     state: str = field(repr=False)
     code_verifier: str = field(repr=False)
+    #: the ``issuer`` of the server's discovery document, and whether it promised ``iss`` in every
+    #: authorization response (RFC 9207 2.4: what :func:`parse_redirect` compares the response with)
+    issuer: str | None = None
+    iss_required: bool = False
+
+
+class IssuerMismatch(OAuthError):
+    """An authorization response whose ``iss`` is not the issuer the request went to, or lacks the ``iss``
+    the server promised (RFC 9207 2.4; RFC 9700 4.4, mix-up attacks): refused, its code never used."""
+
+    error = "invalid_issuer"
+    status = 400
 
 
 #: authorize parameters the kit sets itself (RFC 6749 4.1.1, RFC 7636 4.3, SMART App Launch 2.x
@@ -113,26 +126,51 @@ def authorization_request(config: SmartConfiguration, client_id: str, redirect_u
         params["launch"] = launch
     sep = "&" if urlsplit(config.authorization_endpoint).query else "?"
     return AuthorizationRequest(config.authorization_endpoint + sep + urlencode(params), redirect_uri, scope,
-                                state, verifier)
+                                state, verifier, issuer=config.issuer,
+                                iss_required=bool(config.authorization_response_iss_parameter_supported))
 
 
 def parse_redirect(request: AuthorizationRequest, redirect_url: str) -> str:
     """The ``code`` of the redirect that answers ``request``.
 
     Raises :class:`OAuthError` for an error redirect (RFC 6749 4.1.2.1), a missing code, or a ``state``
-    that does not match (CSRF protection, RFC 6749 10.12): the check fails closed.
+    that does not match (CSRF protection, RFC 6749 10.12), and :class:`IssuerMismatch` when ``iss`` is
+    not the discovered issuer, or is missing although the server advertises
+    ``authorization_response_iss_parameter_supported`` (RFC 9207 2.4). Every check fails closed, and
+    runs before an ``error`` is believed: a response from the wrong server tells nothing.
     """
     query = parse_qs(urlsplit(redirect_url).query)
     state = (query.get("state") or [""])[0]
     if not hmac.compare_digest(state.encode(), request.state.encode()):
         raise OAuthError("the redirect's state does not match the request (possible CSRF); log in again",
                          error="invalid_state")
+    check_issuer(request, query.get("iss"))
     if "error" in query:
         raise OAuthError((query.get("error_description") or [query["error"][0]])[0], error=query["error"][0])
     code = (query.get("code") or [""])[0]
     if not code:
         raise OAuthError("the redirect carries no authorization code", error="invalid_request")
     return code
+
+
+def check_issuer(request: AuthorizationRequest, iss: list[str] | None) -> None:
+    """RFC 9207 2.4: ``iss`` of the authorization response, when present (required when the server
+    advertised it), must be exactly the ``issuer`` discovered before the request (simple string
+    comparison, RFC 3986 6.2.1; no normalisation). Raises :class:`IssuerMismatch`."""
+    if iss is None:
+        if request.iss_required:
+            raise IssuerMismatch("the authorization response lacks the iss parameter its server promises "
+                                 "(RFC 9207); refused, log in again")
+        return
+    if len(iss) != 1:
+        raise IssuerMismatch("the authorization response carries iss more than once; refused")
+    if request.issuer is None:
+        raise IssuerMismatch("the authorization response names an issuer, but the discovery document "
+                             "names none to compare it with (RFC 9207 2.4); refused")
+    if not hmac.compare_digest(iss[0].encode(), request.issuer.encode()):
+        raise IssuerMismatch(f"the authorization response comes from issuer {iss[0]!r}, not from "
+                             f"{request.issuer!r} where the login started (possible mix-up attack, RFC 9700 "
+                             "4.4); refused, its code is not used")
 
 
 def _basic(credentials: tuple[str, str] | None) -> Any:

@@ -25,6 +25,7 @@ from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from jupyter_server.utils import url_path_join
 from tornado import web
 
+from s4s_jupyter.client.launch import IssuerMismatch
 from s4s_jupyter.core.errors import ClientError, OAuthError, S4SError
 from s4s_jupyter.serverext.logins import ClientRegistration, SmartLogins
 
@@ -119,6 +120,9 @@ class CallbackHandler(_PageHandler):
         query = {name: self.get_query_argument(name) for name in self.request.query_arguments}
         try:
             tokens = await asyncio.to_thread(self.logins.finish, pending, query)
+        except IssuerMismatch as exc:  # not the EHR's answer: say so, do not blame the EHR
+            self._error_page(400, f"the authorization response was refused: {exc.message}")
+            return
         except OAuthError as exc:
             self._error_page(400, f"the EHR answered {exc.error}: {exc.message}")
             return

@@ -250,3 +250,22 @@ async def test_a_kernel_session_uses_and_refreshes_the_extensions_login(
     assert refreshed is not None and refreshed.access_token != login.access_token
     body = await status(browser_fetch)
     assert body["logged_in"] is True and body["expired"] is False and body["patient"] == login.patient
+
+
+@pytest.mark.parametrize("iss", ["https://attacker.example/fhir", None])
+async def test_a_forged_or_missing_iss_is_refused_at_the_callback(
+        browser_fetch: CookieFetch, ehr_stack: dict[str, Any], token_path: Path, iss: str | None) -> None:
+    """RFC 9207 / RFC 9700 4.4: the EHR advertises ``iss``; a callback naming another issuer, or none, is
+    refused with a page that says why, and nothing is stored."""
+    redirect = await through_ehr(await start_login(browser_fetch), ehr_stack["users"][0])
+    query = {k: v[-1] for k, v in parse_qs(urlsplit(redirect).query).items()}
+    assert query["iss"] == ehr_stack["ehr_fhir"]  # what the genuine response says
+    if iss is None:
+        del query["iss"]
+    else:
+        query["iss"] = iss
+    r = await callback(browser_fetch, f"{BASE_URL}s4s/oauth/callback?" + urlencode(query))
+    body = r.body.decode()
+    assert r.code == 400 and 'data-s4s-login="error"' in body and "refused" in body
+    assert ("mix-up" in body) if iss else ("lacks the iss" in body)
+    assert stored(token_path, ehr_stack) is None

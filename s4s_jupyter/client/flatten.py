@@ -9,7 +9,10 @@ The conventions, the same for every type:
 - a Quantity becomes ``value`` (float) and ``unit`` (``unit``, else ``code``) (R4 2.24.0.18);
 - dates, dateTimes and instants become pandas datetimes in UTC (a date means its midnight UTC); a Period
   its ``start``;
-- a Reference becomes the referenced id (``Patient/123`` -> ``123``) (R4 2.3.0).
+- a Reference becomes the referenced id (``Patient/123`` -> ``123``) (R4 2.3.0); a logical reference
+  (``identifier`` only, R4 2.3.0.1) becomes the identifier's value, and for a ``urn:dicom:uid`` identifier
+  the bare DICOM UID (``urn:oid:`` removed), so a DiagnosticReport's ``imaging_studies`` join the
+  ``study_uid`` column of :meth:`~s4s_jupyter.Session.imaging_studies`.
 
 Observations with components and no value of their own (blood pressure) give one row per component,
 with the panel's code in ``panel``; the raw resources stay available through the search calls'
@@ -29,16 +32,36 @@ Row = dict[str, Any]
 
 
 def ref_id(reference: Any) -> str | None:
-    """``{"reference": "Patient/123"}`` -> ``"123"`` (also absolute and versioned references)."""
+    """``{"reference": "Patient/123"}`` -> ``"123"`` (also absolute and versioned references).
+
+    A reference by ``identifier`` alone (R4 2.3.0.1, logical reference) gives the identifier's value;
+    ``{"identifier": {"system": "urn:dicom:uid", "value": "urn:oid:1.2.3"}}`` gives the UID ``"1.2.3"``
+    (:func:`s4s_jupyter.core.imaging_study.study_uid_of`, the mapping the servers use).
+    """
     if not isinstance(reference, Mapping):
         return None
     text = reference.get("reference")
     if not isinstance(text, str) or not text:
-        return None
+        return identifier_value(reference.get("identifier"))
     parts = text.rstrip("/").split("/")
     if "_history" in parts:
         parts = parts[: parts.index("_history")]
     return parts[-1]
+
+
+def identifier_value(identifier: Any) -> str | None:
+    """The value of an Identifier; the DICOM UID for a ``urn:dicom:uid`` one (``urn:oid:`` removed)."""
+    if not isinstance(identifier, Mapping):
+        return None
+    if identifier.get("system") == "urn:dicom:uid":
+        from s4s_jupyter.core.imaging_study import study_uid_of  # imports pydicom: only when needed
+
+        try:
+            return study_uid_of({"identifier": [identifier]})
+        except ValueError:
+            pass  # not a valid UID: the value as it is
+    value = identifier.get("value")
+    return value if isinstance(value, str) and value else None
 
 
 def concept(cc: Any, prefix: str) -> Row:

@@ -247,7 +247,10 @@ class Session:
         return self.category("documents", patient, **params)
 
     def radiology_reports(self, patient: str | None = None, **params: Param | None) -> pd.DataFrame:
-        """``DiagnosticReport?patient=&category=RAD`` (``imaging_studies``: the studies they report on)."""
+        """``DiagnosticReport?patient=&category=RAD``. ``imaging_studies``: the studies each reports on, as
+        Study Instance UIDs where the report names them by ``urn:dicom:uid`` identifier (else the
+        referenced ImagingStudy ids), so ``reports.explode("imaging_studies")`` joins
+        :meth:`imaging_studies` on ``study_uid``."""
         return self.category("radiology_reports", patient, **params)
 
     def sync(self, categories: list[str] | None = None, patient: str | None = None,

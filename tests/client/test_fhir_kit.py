@@ -55,6 +55,35 @@ def test_columns_have_predictable_types(ehr: s4s.Session) -> None:
     assert all(isinstance(v, list) for v in reports["imaging_studies"])
 
 
+def test_radiology_reports_join_their_imaging_studies(ehr: s4s.Session) -> None:
+    """The EHR names a report's study by its urn:dicom:uid identifier (a logical reference): the column
+    holds the Study Instance UIDs, which join the imaging server's ImagingStudy rows."""
+    reports = ehr.radiology_reports()
+    raw = ehr.resources("DiagnosticReport", patient="pat-002", category="RAD")
+    assert len(reports) == len(raw) > 0
+    linked = [ref["identifier"] for r in raw for ref in r.get("imagingStudy", [])]
+    assert linked and all(i["system"] == "urn:dicom:uid" and "reference" not in i for i in linked)
+    uids = reports.explode("imaging_studies")["imaging_studies"]
+    assert uids.notna().all() and set(uids) == {i["value"].removeprefix("urn:oid:") for i in linked}
+    studies = ehr.imaging_studies()
+    joined = reports.explode("imaging_studies").merge(studies, left_on="imaging_studies",
+                                                      right_on="study_uid")
+    assert len(joined) == len(uids) and set(joined["study_uid"]) <= set(studies["study_uid"])
+
+
+def test_logical_references_flatten_to_their_identifier() -> None:
+    uid = {"identifier": {"system": "urn:dicom:uid", "value": "urn:oid:1.2.840.99.1"}}
+    assert flatten.ref_id(uid) == "1.2.840.99.1"
+    assert flatten.ref_id({"identifier": {"system": "urn:dicom:uid", "value": "urn:oid:not-a-uid"}}) == \
+        "urn:oid:not-a-uid"  # not a UID: kept as it is, never dropped
+    assert flatten.ref_id({"identifier": {"system": "http://example.org/mrn", "value": "MRN1"}}) == "MRN1"
+    assert flatten.ref_id({"reference": "ImagingStudy/s1", "identifier": uid["identifier"]}) == "s1"
+    assert flatten.ref_id({"display": "no target"}) is None
+    row = flatten.to_frame([{"resourceType": "DiagnosticReport", "id": "r", "imagingStudy": [uid]}],
+                           "DiagnosticReport").iloc[0]
+    assert row["imaging_studies"] == ["1.2.840.99.1"]
+
+
 def test_paging_follows_next_links(ehr: s4s.Session) -> None:
     everything = ehr.resources("Observation", patient="pat-002")
     pages = ehr.fhir.bundle_pages("Observation", {"patient": "pat-002", "_count": 7})

@@ -12,7 +12,7 @@ from __future__ import annotations
 import email.utils
 import json
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -79,6 +79,21 @@ def _param_values(value: Param) -> list[str]:
     if isinstance(value, str | int | float):
         return [str(value)]
     return [str(v) for v in value]
+
+
+class SearchResults(list[dict[str, Any]]):
+    """The matches of a search (a plain list of resources, ``search.mode`` ``match``), and in
+    :attr:`included` the other resources of the searchset Bundles: those ``_include`` and
+    ``_revinclude`` added (``search.mode`` ``include``, FHIR R4 3.1.1.5.4) and any OperationOutcome
+    (``outcome``), in the order the pages gave them."""
+
+    def __init__(self, matches: Iterable[dict[str, Any]] = (),
+                 included: Iterable[dict[str, Any]] = ()) -> None:
+        super().__init__(matches)
+        self.included: list[dict[str, Any]] = list(included)
+
+    def __repr__(self) -> str:
+        return f"SearchResults({list.__repr__(self)}, included={self.included!r})"
 
 
 def operation_outcome_text(body: Any) -> str:
@@ -177,13 +192,14 @@ class FHIRClient:
                  else matches).append(resource)
         return matches, included
 
-    def resources(self, resource_type: str, **params: Param | None) -> list[dict[str, Any]]:
-        """The raw resources of ``GET [base]/{resource_type}?{params}``, every page.
+    def resources(self, resource_type: str, **params: Param | None) -> SearchResults:
+        """The raw resources of ``GET [base]/{resource_type}?{params}``, every page: a list of the matches,
+        whose ``included`` holds what ``_include``/``_revinclude`` brought (:class:`SearchResults`).
 
         Parameter values may be strings, numbers, dates/datetimes (written as FHIR dates/instants) or
         lists (the parameter repeated: ``date=["ge2020", "lt2021"]``).
         """
-        return self.entries(resource_type, params)[0]
+        return SearchResults(*self.entries(resource_type, params))
 
     def search(self, resource_type: str, **params: Param | None) -> pd.DataFrame:
         """:meth:`resources` as a DataFrame (columns: :func:`s4s_jupyter.client.flatten.columns`)."""

@@ -19,7 +19,7 @@ import httpx
 
 from s4s_jupyter.client import discovery, launch
 from s4s_jupyter.client.auth import BearerAuth, LoginRequired, TokenManager
-from s4s_jupyter.client.fhir import CATEGORIES, FHIRClient, IncrementalSync, Param
+from s4s_jupyter.client.fhir import CATEGORIES, FHIRClient, IncrementalSync, Param, SearchResults
 from s4s_jupyter.client.imaging import ImagingSearch
 from s4s_jupyter.client.targets import DICOMwebEndpoint, SeriesTarget, series_targets
 from s4s_jupyter.client.tokens import TokenSet, TokenStore, store_key
@@ -190,9 +190,16 @@ class Session:
         :mod:`s4s_jupyter.client.flatten`). ``resources()`` gives the same as raw resources."""
         return self.fhir.search(resource_type, **params)
 
-    def resources(self, resource_type: str, **params: Param | None) -> list[dict[str, Any]]:
-        """Any FHIR search at the EHR as raw resources (JSON dicts), every page."""
-        return self.fhir.resources(resource_type, **params)
+    def resources(self, resource_type: str, *, imaging: bool = False,
+                  **params: Param | None) -> SearchResults:
+        """Any FHIR search as raw resources (JSON dicts), every page: at the EHR, or with ``imaging=True``
+        at the imaging server (``ImagingStudy``, ``Endpoint``).
+
+        The result is a list of the matches; its ``included`` attribute holds the resources
+        ``_include``/``_revinclude`` added (:class:`~s4s_jupyter.client.fhir.SearchResults`), e.g.
+        ``found = ehr.resources("ImagingStudy", imaging=True, patient=ehr.patient,
+        _include="ImagingStudy:endpoint")`` gives the studies, and ``found.included`` their Endpoints."""
+        return (self.imaging_fhir if imaging else self.fhir).resources(resource_type, **params)
 
     def read(self, resource_type: str, resource_id: str) -> dict[str, Any]:
         """One resource by id."""

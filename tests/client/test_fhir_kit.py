@@ -31,7 +31,7 @@ def test_every_sync_for_science_category(ehr: s4s.Session, name: str) -> None:
     frame = getattr(ehr, name)()
     cat = CATEGORIES[name]
     raw = [r for rtype in cat.resource_types
-           for r in ehr.resources(rtype, patient="pat-002", **dict(cat.params))]
+           for r in ehr.fhir.resources(rtype, patient="pat-002", **dict(cat.params))]
     assert len(raw) > 0, f"the demo EHR has no {name} for pat-002"
     assert list(frame.columns) == flatten.columns(cat.resource_types[0])
     assert set(frame["id"]) == {r["id"] for r in raw}

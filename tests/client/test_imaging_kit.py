@@ -157,3 +157,19 @@ def test_progress_bars_count_instances_and_bytes(ehr: s4s.Session, tmp_path: Pat
     n = len(manifest)
     assert f"{n}/{n}" in err and "inst" in err  # the instances bar reached its total
     assert "received" in err and "B" in err  # the bytes bar
+
+
+def test_resources_return_the_included_endpoints(ehr: s4s.Session, stack: dict[str, Any]) -> None:
+    """``_include=ImagingStudy:endpoint`` at the imaging server: the matches as the list, the Endpoints
+    (search.mode include) in ``included``, every page (``_count=1`` makes one study per page)."""
+    found = ehr.resources("ImagingStudy", imaging=True, patient=ehr.patient, _include="ImagingStudy:endpoint",
+                          _count=1)
+    assert isinstance(found, list) and len(found) == len(ehr.imaging_studies()) > 1
+    assert {r["resourceType"] for r in found} == {"ImagingStudy"}
+    assert found.included and {r["resourceType"] for r in found.included} == {"Endpoint"}
+    referenced = {ref["reference"].rsplit("/", 1)[-1] for s in found for ref in s.get("endpoint", [])}
+    assert referenced <= {e["id"] for e in found.included}
+    plain = ehr.resources("ImagingStudy", imaging=True, patient=ehr.patient)
+    assert [r["id"] for r in plain] == [r["id"] for r in found] and plain.included == []
+    at_ehr = ehr.resources("Patient", _id=ehr.patient)  # the default server: the EHR
+    assert [r["id"] for r in at_ehr] == [ehr.patient] and at_ehr.included == []

@@ -328,11 +328,64 @@ class _Progress:
             bar.close()
 
 
+#: the hidden names :meth:`_Run.temporary` gives a file on its way into a series folder:
+#: ``.{SOPInstanceUID}.{pid}-{n}.part``, or ``.{SOPInstanceUID}.{8 random}.part`` (``mkstemp``)
+_PART_NAME = re.compile(r"^\.(?P<sop>[0-9]+(?:\.[0-9]+)*)\.(?:(?P<pid>[0-9]+)-[0-9]+|[a-z0-9_]{8})\.part$")
+#: the names of the header-less parts under ``{directory}/.s4s-tmp`` (``mkstemp`` defaults)
+_TMP_PART_NAME = re.compile(r"^tmp[a-z0-9_]{8}\.part$")
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (POSIX ``kill(pid, 0)``; one of another user counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return True  # unknown: keep the file
+    return True
+
+
+def remove_stale_parts(folder: str | os.PathLike[str], before: float,
+                       pattern: re.Pattern[str] = _PART_NAME) -> list[str]:
+    """Remove the temporary files an interrupted download left in ``folder`` (a crash, a killed kernel):
+    the names ``pattern`` matches (only the kit's own), last modified before ``before`` (seconds since the
+    epoch: the start of the current run), and not written by another live process (the process id in
+    the name). Returns the names removed. Nothing else is ever touched; a file that vanishes or cannot
+    be removed meanwhile is left to the next run."""
+    removed: list[str] = []
+    own = os.getpid()
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = pattern.match(entry.name)
+        if match is None:
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+            if not entry.is_file(follow_symlinks=False) or info.st_mtime >= before:
+                continue
+            pid = match.groupdict().get("pid")
+            if pid is not None and int(pid) != own and _process_alive(int(pid)):
+                continue  # another process's download may still be writing it
+            os.unlink(entry.path)
+        except OSError:
+            continue
+        removed.append(entry.name)
+    return removed
+
+
 class _Run:
     """State of one call: what is done, the records, the sidecar manifest, the progress bars."""
 
     def __init__(self, directory: Path | None, progress: _Progress, checksum: str = "crc32") -> None:
         self.directory = directory
+        self.started = time.time()  # temporary files older than this are stale (remove_stale_parts)
+        self.stale_removed: list[str] = []
         self.checksum = checksum
         self.progress = progress
         self.lock = threading.Lock()
@@ -345,7 +398,15 @@ class _Run:
         if directory is not None:
             directory.mkdir(parents=True, exist_ok=True)
             (directory / ".s4s-tmp").mkdir(exist_ok=True)
+            self.stale_removed += remove_stale_parts(directory / ".s4s-tmp", self.started, _TMP_PART_NAME)
             self.sidecar = (directory / MANIFEST_FILE).open("ab")
+
+    def sweep(self, folder: str) -> None:
+        """Remove stale temporary files of earlier runs from a series folder (once per folder and run)."""
+        removed = remove_stale_parts(folder, self.started)
+        if removed:
+            with self.lock:
+                self.stale_removed += removed
 
     def temporary(self, folder: str, sop_uid: str) -> tuple[int, str]:
         """A new file for ``sop_uid`` under a hidden name in ``folder`` (process id and a counter make
@@ -465,6 +526,7 @@ class _PartWriter:
             assert self.run.directory is not None
             folder = os.path.join(self.run.directory, safe_name(key[0]), key[1], key[2])
             os.makedirs(folder, exist_ok=True)
+            self.run.sweep(folder)
             self.run.folders[key] = folder
         return folder
 
@@ -782,9 +844,16 @@ class Retriever:
                                    on_progress), checksum)
         try:
             previous = _read_sidecar(root)
+            swept: set[str] = set()
             for t, infos in expected.items():
                 for info in infos:
-                    row = _verified(previous.get(info.sop_uid), root, t, info)
+                    rec = previous.get(info.sop_uid)
+                    folder = os.path.dirname(str(rec.get("path") or "")) if rec else ""
+                    if folder and folder not in swept:  # also folders where nothing is left to fetch
+                        swept.add(folder)
+                        if Path(folder).resolve().is_relative_to(root.resolve()):
+                            run.sweep(folder)
+                    row = _verified(rec, root, t, info)
                     if row is not None:
                         run.records[info.sop_uid] = row
                         run.progress.add_instances(1, info.sop_uid)

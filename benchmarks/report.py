@@ -35,6 +35,12 @@ def versions(orthanc_url: str | None) -> dict[str, str]:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             out[name] = "not installed"
+    git = ["git", "-C", str(Path(__file__).resolve().parent)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()
+    dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                           text=True).stdout.strip()
+    out["s4s-jupyter git"] = head + (" with uncommitted changes" if dirty else "")
     out["curl"] = subprocess.run(["curl", "--version"], capture_output=True, text=True).stdout.split()[1]
     if orthanc_url:
         out["orthanc"] = str(httpx.get(f"{orthanc_url}/system").json()["Version"])

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from s4s_jupyter.client.tokens import TokenSet, TokenStore
+from s4s_jupyter.client.tokens import Entries, LoginKeys, TokenSet, TokenStore
 from s4s_jupyter.core.errors import OAuthError
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ class TokenManager:
     def __init__(self, tokens: TokenSet | None, refresher: Callable[[TokenSet], TokenSet] | None,
                  on_change: Callable[[TokenSet | None], None] | None = None,
                  margin: float = REFRESH_MARGIN, *, store: TokenStore | None = None,
-                 key: str | None = None) -> None:
+                 key: str | LoginKeys | None = None) -> None:
         if store is not None and key is None:
             raise ValueError("a token store needs the key the tokens are kept under")
         self._tokens = tokens
@@ -56,7 +56,8 @@ class TokenManager:
         self._on_change = on_change
         self._margin = margin
         self._store = store
-        self._key = key or ""
+        slot: LoginKeys | _FixedKey = key if isinstance(key, LoginKeys) else _FixedKey(key or "")
+        self._slot = slot.bound(tokens.patient) if tokens is not None else slot
         self._lock = threading.RLock()
         self.refresh_count = 0
         self.adopt_count = 0
@@ -65,39 +66,60 @@ class TokenManager:
     def tokens(self) -> TokenSet | None:
         return self._tokens
 
+    @property
+    def patient(self) -> str | None:
+        """The patient this manager is bound to (its first token set's), or None."""
+        return self._slot.patient
+
     def _take(self, tokens: TokenSet | None) -> None:
         self._tokens = tokens
         if self._on_change:
             self._on_change(tokens)
 
+    def _same_patient(self, tokens: TokenSet) -> bool:
+        return self._slot.patient is None or tokens.patient == self._slot.patient
+
     def set(self, tokens: TokenSet | None) -> None:
-        """Take ``tokens`` (a login; None: a logout) and write them to the store, replacing what is there."""
+        """Take ``tokens`` (a login; None: a logout) and write them to the store (a login: its patient's
+        entry and the last login; a logout removes them, :class:`~s4s_jupyter.client.tokens.LoginKeys`).
+        A login binds the manager to its patient."""
         with self._lock:
+            slot = self._slot.bound(tokens.patient) if tokens is not None else self._slot
             if self._store is not None:
-                self._store.update(self._key, lambda stored: tokens)
+                if tokens is None:
+                    self._store.update_entries(slot.entry_keys(), slot.forget)
+                else:
+                    self._store.update_entries(slot.entry_keys(), lambda entries: slot.login(entries, tokens))
+            self._slot = slot
             self._take(tokens)
 
     def adopt(self, tokens: TokenSet | None) -> bool:
         """Take over a token set found in the store (written by the server extension or another kernel)
         without writing anything back. A set is taken only if it is newer than the current one
-        (:meth:`TokenSet.is_newer_than`), so a stale read can never replace a fresher login or refresh;
+        (:meth:`TokenSet.is_newer_than`), so a stale read can never replace a fresher login or refresh,
+        and only if it is for the patient this manager is bound to (never another patient's login);
         None (signed out elsewhere) is taken as it is. Returns whether the session's tokens changed."""
         with self._lock:
             current = self._tokens
             if tokens is None:
                 if current is None:
                     return False
-            elif current is not None and (tokens == current or not tokens.is_newer_than(current)):
+            elif not self._same_patient(tokens) or (
+                    current is not None and (tokens == current or not tokens.is_newer_than(current))):
                 return False
             self.adopt_count += 1
+            if tokens is not None:
+                self._slot = self._slot.bound(tokens.patient)
             self._take(tokens)
             return True
 
     def reload(self) -> bool:
-        """:meth:`adopt` the store's entry (no store: nothing to do). Returns whether the tokens changed."""
+        """:meth:`adopt` the store's token set for this login (no store: nothing to do). Returns whether
+        the tokens changed."""
         if self._store is None:
             return False
-        return self.adopt(self._store.get(self._key))
+        slot = self._slot
+        return self.adopt(slot.pick(self._store.update_entries(slot.entry_keys(), lambda entries: {})))
 
     def access_token(self) -> str:
         """A current access token, refreshed first when it is about to expire."""
@@ -135,7 +157,10 @@ class TokenManager:
         refresher = self._refresher
         refreshed: list[TokenSet] = []
 
-        def decide(stored: TokenSet | None) -> TokenSet | None:
+        slot = self._slot.bound(tokens.patient)
+        chosen: list[TokenSet] = []
+
+        def decide(stored: TokenSet | None) -> TokenSet:
             base = tokens
             if stored is not None and stored.is_newer_than(tokens):
                 if stored.access_token != rejected and not stored.expires_within(self._margin):
@@ -146,18 +171,49 @@ class TokenManager:
             refreshed.append(refresher(base))
             return refreshed[0]
 
+        def change(entries: Entries) -> dict[str, TokenSet | None]:
+            chosen.append(decide(slot.pick(entries)))  # only this patient's sets are candidates
+            return slot.refreshed(entries, chosen[0]) if refreshed else {}
+
         if self._store is None:
             new = decide(None)
-            assert new is not None
         else:
-            new = self._store.update(self._key, decide)
-            assert new is not None  # decide never deletes
+            self._store.update_entries(slot.entry_keys(), change)
+            new = chosen[0]
         if refreshed:
             self.refresh_count += 1
         else:
             self.adopt_count += 1
         self._take(new)
         return new
+
+
+class _FixedKey:
+    """One store key for everything (a caller that names its own key): the :class:`LoginKeys` interface
+    without patients."""
+
+    patient: str | None = None
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def entry_keys(self) -> list[str]:
+        return [self.key]
+
+    def bound(self, patient: str | None) -> _FixedKey:
+        return self
+
+    def pick(self, entries: Entries) -> TokenSet | None:
+        return entries.get(self.key)
+
+    def login(self, entries: Entries, tokens: TokenSet) -> dict[str, TokenSet | None]:
+        return {self.key: tokens}
+
+    def refreshed(self, entries: Entries, tokens: TokenSet) -> dict[str, TokenSet | None]:
+        return {self.key: tokens}
+
+    def forget(self, entries: Entries) -> dict[str, TokenSet | None]:
+        return {self.key: None}
 
 
 class BearerAuth(httpx.Auth):

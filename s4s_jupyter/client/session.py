@@ -22,7 +22,7 @@ from s4s_jupyter.client.auth import BearerAuth, LoginRequired, TokenManager
 from s4s_jupyter.client.fhir import CATEGORIES, FHIRClient, IncrementalSync, Param, SearchResults
 from s4s_jupyter.client.imaging import ImagingSearch
 from s4s_jupyter.client.targets import DICOMwebEndpoint, SeriesTarget, series_targets
-from s4s_jupyter.client.tokens import TokenSet, TokenStore, store_key
+from s4s_jupyter.client.tokens import LoginKeys, TokenSet, TokenStore
 from s4s_jupyter.core.errors import ClientError, OAuthError
 
 if TYPE_CHECKING:
@@ -49,12 +49,17 @@ class Session:
     Create it with :func:`connect`. ``imaging_base`` is the FHIR base of the imaging server; None takes
     the ``associated_endpoints`` entry with ``smart-imaging-access`` from the EHR's SMART configuration,
     else the EHR itself. ``token_store`` None keeps tokens in memory only.
+
+    ``patient`` None: the session takes the last login stored for the EHR and client (whatever patient
+    it is for); a patient id: only a login for that patient (:class:`~s4s_jupyter.client.tokens.LoginKeys`),
+    and :meth:`login` asks the EHR for it. Either way, once the session has tokens it is bound to their
+    patient and never takes another patient's tokens from the store.
     """
 
     def __init__(self, fhir_base: str, *, client_id: str = DEFAULT_CLIENT_ID,
                  client_secret: str | None = None, scopes: str = DEFAULT_SCOPES,
                  imaging_base: str | None = None, token_store: TokenStore | None = None,
-                 timeout: float = 60.0, connections_per_host: int = 4) -> None:
+                 timeout: float = 60.0, connections_per_host: int = 4, patient: str | None = None) -> None:
         self.fhir_base = fhir_base.rstrip("/")
         self.client = launch.ClientCredentials(client_id, client_secret)
         self.scopes = scopes
@@ -68,9 +73,10 @@ class Session:
             self._oauth_http.close()
             raise
         self.imaging_base = (imaging_base or self.config.imaging_endpoint or self.fhir_base).rstrip("/")
-        key = store_key(self.fhir_base, client_id)
-        stored = token_store.get(key) if token_store else None
-        self.tokens = TokenManager(stored, self._refresh, store=token_store, key=key)
+        self.requested_patient = patient
+        keys = LoginKeys(self.fhir_base, client_id, patient)
+        stored = token_store.load(keys) if token_store else None
+        self.tokens = TokenManager(stored, self._refresh, store=token_store, key=keys)
         self.auth = BearerAuth(self.tokens)
         self._http = httpx.Client(timeout=timeout, auth=self.auth)
         self.fhir = FHIRClient(self._http, self.fhir_base)
@@ -122,6 +128,9 @@ class Session:
         extra = launch.check_authorize_params(authorize_params)
         if login_hint is not None:
             extra["login_hint"] = login_hint
+        wanted = self.requested_patient or self.tokens.patient
+        if wanted is not None:
+            extra.setdefault("patient", wanted)  # a hint (the demo EHR's auto-approve reads it)
         own = receiver is None
         rcv = receiver or launch.LoopbackRedirect()
         try:
@@ -135,8 +144,25 @@ class Session:
                 rcv.close()
         code = launch.parse_redirect(request, redirect_url)
         tokens = launch.exchange_code(self._oauth_http, self.config, self.client, request, code)
+        if wanted is not None and tokens.patient != wanted:
+            self._discard(tokens)
+            raise ClientError(f"the login was for patient {tokens.patient or '(none)'}, but this session is "
+                              f"for patient {wanted}; its tokens were revoked, not kept. Sign in for "
+                              f"{wanted}, or connect(..., patient=None) for whichever patient you choose",
+                              status=409)
         self.tokens.set(tokens)
         return tokens
+
+    def _discard(self, tokens: TokenSet) -> None:
+        """Revoke a token set the session will not use (RFC 7009; best effort: it is never stored)."""
+        if not self.config.revocation_endpoint:
+            return
+        for token, hint in ((tokens.refresh_token, "refresh_token"), (tokens.access_token, "access_token")):
+            if token:
+                try:
+                    launch.revoke_token(self._oauth_http, self.config, self.client, token, hint)
+                except (ClientError, httpx.HTTPError) as exc:
+                    log.info("could not revoke an unused %s: %s", hint, exc)
 
     def ensure_login(self, **login_args: Any) -> None:
         """Log in unless the stored tokens still work (valid, or refreshable)."""
@@ -397,7 +423,7 @@ def connect(fhir_base: str | None = None, *, client_id: str | None = None, clien
             token_store: TokenStore | str | os.PathLike[str] | bool | None = True,
             timeout: float = 60.0,
             connections_per_host: int = 4, login_hint: str | None = None,
-            authorize_params: Mapping[str, str] | None = None) -> Session:
+            authorize_params: Mapping[str, str] | None = None, patient: str | None = None) -> Session:
     """Connect to a SMART on FHIR EHR and log in (unless stored tokens still work).
 
     - ``fhir_base``: the EHR's FHIR base URL; its ``.well-known/smart-configuration`` is read. None:
@@ -410,6 +436,11 @@ def connect(fhir_base: str | None = None, *, client_id: str | None = None, clien
     - ``imaging_base``: the imaging server's FHIR base; None means ``$S4S_IMAGING_URL`` (for
       ``$S4S_EHR_URL``), else the EHR's ``associated_endpoints``.
     - ``login``: False to skip the login (call :meth:`Session.login` later).
+    - ``patient``: None reuses the last login stored for this EHR and client, whichever patient it is
+      for; a patient id reuses that patient's stored login, or logs in for that patient (the id goes to
+      the EHR as a ``patient`` hint; a login that comes back for another patient raises
+      :class:`ClientError` and is revoked). The store keeps one login per patient, so a notebook can
+      hold several (:class:`~s4s_jupyter.client.tokens.LoginKeys`).
     - ``browser`` / ``receiver`` / ``login_hint`` / ``authorize_params``: see :meth:`Session.login`
       (a bad ``authorize_params`` raises :class:`ValueError` before anything is sent).
     - ``token_store``: True for the default file (``$S4S_TOKEN_STORE``, else under the Jupyter data
@@ -429,7 +460,7 @@ def connect(fhir_base: str | None = None, *, client_id: str | None = None, clien
         store = TokenStore(token_store)
     session = Session(fhir_base, client_id=client_id, client_secret=client_secret, scopes=scopes,
                       imaging_base=imaging_base, token_store=store, timeout=timeout,
-                      connections_per_host=connections_per_host)
+                      connections_per_host=connections_per_host, patient=patient)
     if login:
         try:
             session.ensure_login(browser=browser, receiver=receiver, login_hint=login_hint,

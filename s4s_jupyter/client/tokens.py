@@ -3,9 +3,15 @@
 :class:`TokenSet` is the token response of RFC 6749 5.1 with SMART App Launch's launch context
 (``patient``, ``encounter``, ...), with the absolute expiry time computed when it was received.
 :class:`TokenStore` keeps token sets in one JSON file readable by the user only (mode 0600), under the
-Jupyter data directory by default, keyed by EHR and client id; every write replaces the file atomically
-(write a temporary file in the same folder, fsync, rename) under an advisory lock, so a crash or two kernels
-writing at once never leave a truncated or mixed file.
+Jupyter data directory by default; every write replaces the file atomically (write a temporary file in the
+same folder, fsync, rename) under an advisory lock, so a crash or two kernels writing at once never leave a
+truncated or mixed file.
+
+Keys (:class:`LoginKeys`): per EHR and client, the **last login** (``"{client_id} {fhir_base}"``, the
+only entry of earlier versions and the one the Jupyter server extension's status reads), and one entry
+per **patient** (``"{client_id} {fhir_base} Patient/{id}"``), since a SMART token is bound to one patient.
+A login writes both; a session bound to a patient reads and refreshes only token sets for that patient,
+so two patients' logins in one notebook never mix.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import os
 import stat
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -131,9 +137,92 @@ def token_store_path() -> Path:
     return Path(named).expanduser() if named else default_token_path()
 
 
-def store_key(fhir_base: str, client_id: str) -> str:
-    """The key a token set is stored under: one entry per EHR and client."""
-    return f"{client_id} {fhir_base.rstrip('/')}"
+def store_key(fhir_base: str, client_id: str, patient: str | None = None) -> str:
+    """The key a token set is stored under: the last login at an EHR for a client, or with ``patient``
+    the login for that patient."""
+    key = f"{client_id} {fhir_base.rstrip('/')}"
+    return key if patient is None else f"{key} Patient/{patient}"
+
+
+Entries = Mapping[str, "TokenSet | None"]
+
+
+def _newest(candidates: list[TokenSet]) -> TokenSet | None:
+    newest: TokenSet | None = None
+    for t in candidates:
+        if newest is None or t.is_newer_than(newest):
+            newest = t
+    return newest
+
+
+@dataclass(frozen=True)
+class LoginKeys:
+    """Where the login of one session lives in a :class:`TokenStore`.
+
+    ``patient`` None: not bound to a patient yet, the session reads the last login at the EHR for the
+    client (:attr:`last`); bound (:meth:`bound`) it also has its own entry (:attr:`own`) and only ever
+    takes token sets for that patient. Token sets without a patient (no ``launch/patient`` scope) live
+    under :attr:`last` alone.
+    """
+
+    fhir_base: str
+    client_id: str
+    patient: str | None = None
+
+    @property
+    def last(self) -> str:
+        return store_key(self.fhir_base, self.client_id)
+
+    @property
+    def own(self) -> str | None:
+        return store_key(self.fhir_base, self.client_id, self.patient) if self.patient else None
+
+    def entry_keys(self) -> list[str]:
+        """The store keys of this login: the last login, and the patient's own when bound."""
+        return [self.last] + ([self.own] if self.own else [])
+
+    def bound(self, patient: str | None) -> LoginKeys:
+        """These keys for ``patient`` (None: unchanged)."""
+        if patient is None or patient == self.patient:
+            return self
+        return LoginKeys(self.fhir_base, self.client_id, patient)
+
+    def pick(self, entries: Entries) -> TokenSet | None:
+        """This login's token set among ``entries``: unbound, the last login; bound, the newest of the
+        patient's own entry and the last login when that one is for the same patient (an older store, or
+        one the server extension wrote), never another patient's."""
+        if self.patient is None:
+            return entries.get(self.last)
+        return _newest([t for t in (entries.get(self.own or ""), entries.get(self.last))
+                        if t is not None and t.patient == self.patient])
+
+    def login(self, entries: Entries, tokens: TokenSet) -> dict[str, TokenSet | None]:
+        """The entries a new login writes: its patient's own and the last login."""
+        keys = self.bound(tokens.patient)
+        return {k: tokens for k in keys.entry_keys()}
+
+    def refreshed(self, entries: Entries, tokens: TokenSet) -> dict[str, TokenSet | None]:
+        """The entries a refresh of this login writes: its own, and the last login when that one is for
+        the same patient and not newer (another patient's later login stays the last one)."""
+        keys = self.bound(tokens.patient)
+        out: dict[str, TokenSet | None] = {}
+        if keys.own:
+            out[keys.own] = tokens
+        last = entries.get(keys.last)
+        if keys.own is None or last is None or (last.patient == tokens.patient
+                                                and not last.is_newer_than(tokens)):
+            out[keys.last] = tokens
+        return out
+
+    def forget(self, entries: Entries) -> dict[str, TokenSet | None]:
+        """The entries a logout removes: the patient's own, and the last login if it is that patient's."""
+        out: dict[str, TokenSet | None] = {}
+        if self.own and entries.get(self.own) is not None:
+            out[self.own] = None
+        last = entries.get(self.last)
+        if last is not None and (self.patient is None or last.patient == self.patient):
+            out[self.last] = None
+        return out
 
 
 class TokenStore:
@@ -176,6 +265,41 @@ class TokenStore:
                 data[key] = new.to_json()
             self._write(data)
             return new
+
+    def update_entries(self, keys: Sequence[str], change: Callable[[Entries], Mapping[str, TokenSet | None]]
+                       ) -> dict[str, TokenSet | None]:
+        """Compare-and-swap of several entries at once: under the file lock, read the entries of ``keys``,
+        call ``change(entries)`` and write what it returns (key -> token set; None deletes; keys left
+        out stay as they are; nothing returned writes nothing). Returns the entries afterwards."""
+        with self._locked():
+            data = self._read()
+            entries: dict[str, TokenSet | None] = {}
+            for key in keys:
+                entry = data.get(key)
+                entries[key] = TokenSet.from_json(entry) if isinstance(entry, Mapping) else None
+            changes = dict(change(entries))
+            if changes:
+                for key, tokens in changes.items():
+                    if tokens is None:
+                        data.pop(key, None)
+                    else:
+                        data[key] = tokens.to_json()
+                self._write(data)
+                entries.update(changes)
+            return entries
+
+    def load(self, keys: LoginKeys) -> TokenSet | None:
+        """The token set of the login ``keys`` name (:meth:`LoginKeys.pick`)."""
+        return keys.pick(self.update_entries(keys.entry_keys(), lambda entries: {}))
+
+    def save_login(self, keys: LoginKeys, tokens: TokenSet) -> None:
+        """Store a new login: under its patient's entry and as the last login (:meth:`LoginKeys.login`)."""
+        bound = keys.bound(tokens.patient)
+        self.update_entries(bound.entry_keys(), lambda entries: bound.login(entries, tokens))
+
+    def forget_login(self, keys: LoginKeys) -> None:
+        """Remove a login (:meth:`LoginKeys.forget`)."""
+        self.update_entries(keys.entry_keys(), keys.forget)
 
     def delete(self, key: str) -> None:
         with self._locked():

@@ -29,7 +29,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from s4s_jupyter.client import discovery, launch
-from s4s_jupyter.client.tokens import TokenSet, TokenStore, store_key
+from s4s_jupyter.client.tokens import LoginKeys, TokenSet, TokenStore, store_key
 from s4s_jupyter.core.errors import ClientError, OAuthError
 
 
@@ -50,8 +50,14 @@ class ClientRegistration:
 
     @property
     def key(self) -> str:
-        """The token store key (the same one the kernel's :class:`~s4s_jupyter.Session` uses)."""
+        """The token store key of the last login (the one a kernel's ``connect()`` without ``patient=``
+        takes)."""
         return store_key(self.ehr, self.client_id)
+
+    def login_keys(self, patient: str | None = None) -> LoginKeys:
+        """Where a login is kept: the last login, and its patient's entry (the kernel's ``connect(...,
+        patient=)`` reads that one), :class:`~s4s_jupyter.client.tokens.LoginKeys`."""
+        return LoginKeys(self.ehr, self.client_id, patient)
 
     @property
     def credentials(self) -> launch.ClientCredentials:
@@ -195,7 +201,7 @@ class SmartLogins:
         with httpx.Client(timeout=self.timeout) as http:
             tokens = launch.exchange_code(http, pending.config, pending.registration.credentials,
                                           pending.request, code)
-        self.store.put(pending.registration.key, tokens)
+        self.store.save_login(pending.registration.login_keys(), tokens)  # last login + its patient's
         return tokens
 
     def status(self, registration: ClientRegistration) -> dict[str, Any]:
@@ -210,7 +216,8 @@ class SmartLogins:
         import httpx
 
         tokens = self.store.get(registration.key)
-        self.store.delete(registration.key)
+        if tokens is not None:  # the last login, and the same patient's own entry
+            self.store.forget_login(registration.login_keys(tokens.patient))
         if tokens is None:
             return {"logged_out": False, "revoked": False}
         with httpx.Client(timeout=self.timeout) as http:

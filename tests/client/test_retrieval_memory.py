@@ -50,9 +50,13 @@ def peak_while(pacs: DICOMweb, study_uid: str, out: Path) -> tuple[int, int]:
 def test_download_memory_does_not_grow_with_the_study(heavy: tuple[str, DemoPlan, DemoPlan],
                                                       tmp_path: Path) -> None:
     url, small, large = heavy
+    # tracemalloc sees every thread of this process, the in-process servers of other fixtures too (their
+    # timers, a late request): the lower of two runs per study is the download's own peak
     with DICOMweb(url) as pacs:
-        peak_small, small_bytes = peak_while(pacs, small.patients[0].studies[0].study_uid, tmp_path / "s")
-        peak_large, large_bytes = peak_while(pacs, large.patients[0].studies[0].study_uid, tmp_path / "l")
+        peak_small, small_bytes = min(peak_while(pacs, small.patients[0].studies[0].study_uid,
+                                                 tmp_path / f"s{i}") for i in range(2))
+        peak_large, large_bytes = min(peak_while(pacs, large.patients[0].studies[0].study_uid,
+                                                 tmp_path / f"l{i}") for i in range(2))
     assert large_bytes > 3.5 * small_bytes and large_bytes > 15_000_000
     # 4 connections x (256 KiB read + 64 KiB head), plus the manifest: not the study
     assert peak_large < 4_000_000 and peak_large < large_bytes / 4

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 
 import s4s_jupyter as s4s
-from s4s_jupyter.client.tokens import TokenSet, TokenStore, store_key
+from s4s_jupyter.client.tokens import LoginKeys, TokenSet, TokenStore, store_key
 
 
 def no_browser(url: str) -> None:
@@ -61,8 +61,9 @@ def test_a_kernel_adopts_a_newer_refresh_without_writing_it_back(stack: dict[str
         assert (token_file.read_bytes(), token_file.stat().st_mtime_ns) == before
         assert works(newer, stack)
 
-        # signed out elsewhere: adopted as it is
-        TokenStore(token_file).delete(key)
+        # signed out elsewhere (a logout forgets the patient's entry and the last login): adopted as it is
+        TokenStore(token_file).forget_login(LoginKeys(stack["ehr_fhir"], "s4s-jupyter", newer.patient))
+        assert TokenStore(token_file).keys() == []
         assert b.tokens.reload() is True and b.tokens.tokens is None and not b.logged_in
 
 
@@ -103,7 +104,8 @@ def test_a_newer_but_spent_set_is_refreshed_with_its_own_refresh_token(stack: di
         second = a.tokens.tokens
         assert second is not None
         spent = dataclasses.replace(second, access_token="revoked-or-expired", expires_at=time.time() + 5)
-        TokenStore(token_file).put(key, spent)  # still newer than B's first set
+        for k in (key, store_key(stack["ehr_fhir"], "s4s-jupyter", second.patient)):
+            TokenStore(token_file).put(k, spent)  # still newer than B's first set
         b.tokens.adopt(None)
         b.tokens.adopt(dataclasses.replace(first, access_token="rejected"))
         assert len(b.labs()) > 0  # 401, then a refresh of the store's (live) refresh token

@@ -58,7 +58,7 @@ def ehr_stack(server_loop: ServerLoop, tmp_path_factory: pytest.TempPathFactory,
     return start_stack(DemoContext(data_dir=data_dir, plan=ext_plan), server_loop)
 
 
-@pytest.fixture
+@pytest.fixture  # type: ignore[no-redef]  # overrides the star-imported fixture
 def jp_base_url() -> str:
     return BASE_URL
 
@@ -68,7 +68,7 @@ def token_path(tmp_path: Path) -> Path:
     return tmp_path / "tokens" / "tokens.json"
 
 
-@pytest.fixture
+@pytest.fixture  # type: ignore[no-redef]  # overrides the star-imported fixture
 def jp_server_config(ehr_stack: dict[str, Any], token_path: Path) -> Config:
     return Config({
         "ServerApp": {"jpserver_extensions": {"s4s_jupyter.serverext": True}},

@@ -187,6 +187,7 @@ async def test_logout_needs_the_xsrf_token_with_a_cookie_and_revokes(
     assert r.code == 200, r.body
     assert json.loads(r.body) == {"logged_out": True, "revoked": True}
     assert stored(token_path, ehr_stack) is None
+    assert TokenStore(token_path).keys() == []  # the patient's own entry went too
     assert (await status(browser_fetch))["logged_in"] is False
     fhir = httpx.get(f"{ehr_stack['ehr_fhir']}/Patient/{tokens.patient}",
                      headers={"Authorization": f"Bearer {tokens.access_token}"})
@@ -243,9 +244,21 @@ async def test_a_kernel_session_uses_and_refreshes_the_extensions_login(
     def kernel() -> str:  # what a notebook does, in a kernel started after the login
         with s4s.connect(ehr_stack["ehr_fhir"], login=False, token_store=token_path) as ehr:
             assert ehr.logged_in and ehr.patient == login.patient
-            return str(ehr.read("Patient", ehr.patient)["id"])  # refreshes first, then reads
+            return str(ehr.read("Patient", ehr.patient or "")["id"])  # refreshes first, then reads
 
     assert await asyncio.to_thread(kernel) == login.patient
+    # the extension stored the login under its patient as well: a kernel naming the patient finds it
+    assert store.get(store_key(ehr_stack["ehr_fhir"], "s4s-jupyter", login.patient)) is not None
+
+    def kernel_for_the_patient() -> str:
+        def no_browser(url: str) -> None:
+            raise AssertionError("no new login expected")
+
+        with s4s.connect(ehr_stack["ehr_fhir"], patient=login.patient, browser=no_browser,
+                         token_store=token_path) as ehr:
+            return str(ehr.read("Patient", login.patient or "")["id"])
+
+    assert await asyncio.to_thread(kernel_for_the_patient) == login.patient
     refreshed = store.get(key)
     assert refreshed is not None and refreshed.access_token != login.access_token
     body = await status(browser_fetch)

@@ -57,6 +57,7 @@ class TokenManager:
         self._margin = margin
         self._store = store
         slot: LoginKeys | _FixedKey = key if isinstance(key, LoginKeys) else _FixedKey(key or "")
+        self._unbound = slot  # the keys without a token set: bound only to a patient the caller asked for
         self._slot = slot.bound(tokens.patient) if tokens is not None else slot
         self._lock = threading.RLock()
         self.refresh_count = 0
@@ -68,7 +69,9 @@ class TokenManager:
 
     @property
     def patient(self) -> str | None:
-        """The patient this manager is bound to (its first token set's), or None."""
+        """The patient this manager is bound to: the one asked for (``LoginKeys.patient``), else that of
+        the token set it holds; None when neither. Without a token set (logged out, signed out elsewhere)
+        it is bound only to a patient asked for."""
         return self._slot.patient
 
     def _take(self, tokens: TokenSet | None) -> None:
@@ -90,7 +93,7 @@ class TokenManager:
                     self._store.update_entries(slot.entry_keys(), slot.forget)
                 else:
                     self._store.update_entries(slot.entry_keys(), lambda entries: slot.login(entries, tokens))
-            self._slot = slot
+            self._slot = slot if tokens is not None else self._unbound
             self._take(tokens)
 
     def adopt(self, tokens: TokenSet | None) -> bool:
@@ -108,8 +111,7 @@ class TokenManager:
                     current is not None and (tokens == current or not tokens.is_newer_than(current))):
                 return False
             self.adopt_count += 1
-            if tokens is not None:
-                self._slot = self._slot.bound(tokens.patient)
+            self._slot = self._slot.bound(tokens.patient) if tokens is not None else self._unbound
             self._take(tokens)
             return True
 

@@ -52,8 +52,9 @@ class Session:
 
     ``patient`` None: the session takes the last login stored for the EHR and client (whatever patient
     it is for); a patient id: only a login for that patient (:class:`~s4s_jupyter.client.tokens.LoginKeys`),
-    and :meth:`login` asks the EHR for it. Either way, once the session has tokens it is bound to their
-    patient and never takes another patient's tokens from the store.
+    and :meth:`login` asks the EHR for it. Either way, while the session holds tokens it is bound to their
+    patient and never takes another patient's tokens from the store (after a logout, a session that
+    asked for no patient may log in for any).
     """
 
     def __init__(self, fhir_base: str, *, client_id: str = DEFAULT_CLIENT_ID,

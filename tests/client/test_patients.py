@@ -154,3 +154,24 @@ def test_login_keys_pick_only_the_bound_patient() -> None:
     assert keys.pick({keys.last: p2}) == p2
     assert bound.refreshed({bound.last: p2}, p1_newer) == {bound.own: p1_newer}
     assert bound.forget({bound.last: p2, bound.own or "": p1}) == {bound.own: None}
+
+
+def test_a_session_is_bound_while_it_holds_tokens_or_to_the_patient_asked_for(tmp_path: Path) -> None:
+    """Without tokens (after a logout) a session that named no patient takes whichever login comes next;
+    one that asked for a patient stays that patient's."""
+    from s4s_jupyter.client.auth import TokenManager
+
+    store = TokenStore(tmp_path / "tokens.json")
+    p1 = TokenSet("a1", patient="p1", issued_at=1.0)
+    p2 = TokenSet("b", patient="p2", issued_at=2.0)
+    free = TokenManager(None, None, store=store, key=LoginKeys("http://ehr/fhir", CLIENT))
+    free.set(p1)
+    assert free.patient == "p1" and free.adopt(p2) is False  # holding p1's tokens: never p2's
+    free.set(None)
+    assert free.patient is None and store.keys() == []
+    assert free.adopt(p2) is True and free.patient == "p2"
+    asked = TokenManager(None, None, store=store, key=LoginKeys("http://ehr/fhir", CLIENT, "p1"))
+    assert asked.patient == "p1" and asked.adopt(p2) is False
+    asked.set(p1)
+    asked.set(None)
+    assert asked.patient == "p1" and asked.adopt(p2) is False and asked.adopt(p1) is True

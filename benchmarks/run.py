@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import shutil
 import tempfile
 import time
@@ -93,10 +94,12 @@ def main() -> None:
         assert orthanc.pid is not None
         ours, theirs = Server("our PACS", pacs_url, pacs_proc.pid), Server("Orthanc", orthanc.dicomweb_url,
                                                                               orthanc.pid)
-        retrieve_uids = [s.study_uid for s in studies[:4]]
+        # a sample moves at least 4 studies and ~400 MB (studies repeated if need be), long enough to time
+        per_sample = max(4, math.ceil(400e6 / study_bytes))
+        retrieve_uids = [studies[i % len(studies)].study_uid for i in range(per_sample)]
         if "retrieve" in groups:
             print(f"WADO-RS retrieve ({len(retrieve_uids)} studies per sample)")
-            figures += bench_retrieve.whole_study(ours, theirs, retrieve_uids, rounds)
+            figures += bench_retrieve.whole_study(ours, theirs, retrieve_uids, large.study_uid, rounds)
             figures += bench_retrieve.concurrent(ours, theirs, [s.study_uid for s in studies], rounds)
         if "query" in groups:
             print("QIDO-RS and metadata")

@@ -27,6 +27,7 @@ from servers.base import FHIR_JSON, FHIRHandler
 from servers.ehr.fhir.access import Grant, Introspector, check_search, grant_for, introspect
 from servers.ehr.fhir.capability import capability_statement
 from servers.ehr.fhir.negotiation import check_acceptable, check_body_type
+from servers.ehr.fhir.paging import Cursor, decode, encode
 from servers.ehr.fhir.query import ID_PATTERN, SearchQuery, parse_search
 from servers.ehr.fhir.searchparams import RESOURCE_TYPES
 from servers.ehr.fhir.store import FHIRStore, Page
@@ -142,27 +143,45 @@ class SearchHandler(FHIRBaseHandler):
             raise FHIRError(f"unknown search parameter(s): {', '.join(query.unknown)}", code="not-supported")
         grant = grant_for(token, resource_type, Interaction.SEARCH, self.fhir_base)
         check_search(grant, query)
+        cursor = (None if query.cursor is None
+                  else decode(self.store.paging_key, query, grant.patient, query.cursor))
+        at = cursor or Cursor(query.offset, -1)
         page = await asyncio.get_running_loop().run_in_executor(None, lambda: self.store.search(
             resource_type, query.criteria, patient=grant.patient, alternatives=grant.alternatives,
-            count=query.count, offset=query.offset))
+            count=query.count, offset=at.offset, after=at.after, before=at.before,
+            total=None if cursor is None else cursor.total))
         self.write_fhir(self.bundle(query, page, grant))
 
-    def _link(self, query: SearchQuery, offset: int) -> str:
+    def _link(self, query: SearchQuery, *, offset: int = 0, cursor: str | None = None) -> str:
         params = [*query.applied, ("_count", str(query.count))]
-        if offset:
+        if cursor is not None:
+            params.append(("_cursor", cursor))
+        elif offset:
             params.append(("_offset", str(offset)))
         return f"{self.fhir_base}/{query.resource_type}?{urlencode(params)}"
 
+    def _cursor_link(self, query: SearchQuery, grant: Grant, cursor: Cursor) -> str:
+        return self._link(query, cursor=encode(self.store.paging_key, query, grant.patient, cursor))
+
     def bundle(self, query: SearchQuery, page: Page, grant: Grant) -> dict[str, Any]:
-        """A searchset Bundle (R4 3.1.1.2, 3.1.1.3): total, self/first/previous/next links, entries."""
-        links = [{"relation": "self", "url": self._link(query, page.offset)},
-                 {"relation": "first", "url": self._link(query, 0)}]
+        """A searchset Bundle (R4 3.1.1.2, 3.1.1.3): total, self/first/previous/next links, entries.
+
+        ``next`` continues after the page's last match and ``previous`` ends before its first one (keyset
+        cursors, :mod:`.paging`); a ``previous`` page that would start at 0 is the ``first`` link."""
+        self_link = self._link(query, offset=query.offset, cursor=query.cursor)
+        links = [{"relation": "self", "url": self_link}, {"relation": "first", "url": self._link(query)}]
         if query.count > 0:
             if page.offset > 0:
-                links.append({"relation": "previous",
-                              "url": self._link(query, max(page.offset - query.count, 0))})
-            if page.offset + query.count < page.total:
-                links.append({"relation": "next", "url": self._link(query, page.offset + query.count)})
+                back = page.offset - query.count
+                if back > 0 and page.keys:
+                    url = self._cursor_link(query, grant, Cursor(back, page.total, before=page.keys[0]))
+                else:  # the first page, or an explicit _offset past the end: offsets (no key to go by)
+                    url = self._link(query, offset=max(back, 0))
+                links.append({"relation": "previous", "url": url})
+            end = page.offset + len(page.resources)
+            if page.keys and end < page.total:
+                links.append({"relation": "next", "url": self._cursor_link(
+                    query, grant, Cursor(end, page.total, after=page.keys[-1]))})
         entries: list[dict[str, Any]] = [
             {"fullUrl": f"{self.fhir_base}/{r['resourceType']}/{r['id']}", "resource": r,
              "search": {"mode": "match"}}

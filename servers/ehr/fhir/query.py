@@ -6,8 +6,9 @@
 - ``date`` (R4 3.1.1.5.2): prefixes ``eq ne gt lt ge le`` over ranges at the value's precision;
   ``sa eb ap`` are refused (400).
 - ``reference`` (R4 3.1.1.5.6): ``id``, ``Type/id`` or ``{base}/Type/id``, ``:Type`` modifier.
-- Result parameters: ``_count`` (page size) and ``_offset`` (this server's page position, carried by
-  ``next`` links); ``_format`` is content negotiation (:mod:`.negotiation`).
+- Result parameters: ``_count`` (page size), ``_offset`` (start the search at that position) and
+  ``_cursor`` (this server's page position, carried by ``next``/``previous`` links, :mod:`.paging`);
+  ``_format`` is content negotiation (:mod:`.negotiation`).
 - A modifier this server does not support is refused (400), as R4 3.1.1.5 requires; a parameter it does
   not know is returned in :attr:`SearchQuery.unknown` (the handler ignores it, or refuses it under
   ``Prefer: handling=strict``, R4 3.1.1.5).
@@ -31,7 +32,9 @@ MAX_CRITERIA = 50
 MAX_OFFSET = 10**9
 #: R4 id datatype
 ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
-RESULT_PARAMS = frozenset({"_count", "_offset", "_format"})
+RESULT_PARAMS = frozenset({"_count", "_offset", "_cursor", "_format"})
+#: longest ``_cursor`` accepted (ours are about 100 characters)
+MAX_CURSOR = 512
 _DATE_PREFIX = re.compile(r"^(eq|ne|gt|lt|ge|le|sa|eb|ap)?(.*)$", re.DOTALL)
 _SUPPORTED_PREFIXES = frozenset({"eq", "ne", "gt", "lt", "ge", "le"})
 
@@ -76,6 +79,8 @@ class SearchQuery:
     #: (name, raw value) pairs of the criteria actually applied, in request order (for Bundle links)
     applied: tuple[tuple[str, str], ...] = ()
     unknown: tuple[str, ...] = field(default=())
+    #: the ``_cursor`` of a page link (:mod:`.paging`), None on a search's first page
+    cursor: str | None = None
 
     def references(self, name: str) -> list[ReferenceValue]:
         return [v for c in self.criteria if c.param.name == name for v in c.values
@@ -203,6 +208,7 @@ def parse_search(resource_type: str, arguments: Mapping[str, Iterable[str]], fhi
     applied: list[tuple[str, str]] = []
     unknown: list[str] = []
     count, offset = DEFAULT_COUNT, 0
+    cursor: str | None = None
     for key, raw_values in arguments.items():
         values = [v for v in raw_values if v != ""]
         if key in RESULT_PARAMS:
@@ -210,6 +216,10 @@ def parse_search(resource_type: str, arguments: Mapping[str, Iterable[str]], fhi
                 count = min(_int("_count", values, 0), MAX_COUNT)
             elif key == "_offset" and values:
                 offset = _int("_offset", values, 0, MAX_OFFSET)
+            elif key == "_cursor" and values:
+                if len(values) != 1 or len(values[0]) > MAX_CURSOR:
+                    raise FHIRError("_cursor may be given once (follow the Bundle's links unchanged)")
+                cursor = values[0]
             continue
         name, _, modifier = key.partition(":")
         param = known.get(name)
@@ -244,4 +254,6 @@ def parse_search(resource_type: str, arguments: Mapping[str, Iterable[str]], fhi
             if len(criteria) > MAX_CRITERIA:
                 raise FHIRError(f"more than {MAX_CRITERIA} search parameters")
             applied.append((key, raw))
-    return SearchQuery(resource_type, tuple(criteria), count, offset, tuple(applied), tuple(unknown))
+    if cursor is not None and "_offset" in arguments and any(arguments["_offset"]):
+        raise FHIRError("_cursor and _offset cannot be combined")
+    return SearchQuery(resource_type, tuple(criteria), count, offset, tuple(applied), tuple(unknown), cursor)

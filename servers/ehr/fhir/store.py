@@ -3,7 +3,11 @@
 Tables: ``resource`` (type, id, patient compartment, lastUpdated, JSON body) and three search indexes
 filled from :mod:`.searchparams` when a resource is stored: ``token_index`` (system, code),
 ``date_index`` (range start/end in POSIX seconds, R4 3.1.1.5.2) and ``ref_index`` (target type and id).
-Searches run as one SQL statement per page plus one count, ordered by (lastUpdated, id) so paging is stable.
+Searches are ordered by (lastUpdated, id), which is stable. A page is one SQL statement: the first page of
+a search also counts the matches; later pages continue after (or before) the (lastUpdated, id) key of a
+resource of the previous page (keyset paging), so a page costs O(page size) on the ``resource_patient`` /
+``resource_updated`` indexes, whatever its position, and the count is not repeated. The ``patient``
+criterion on the compartment element is answered from the indexed ``resource.patient`` column.
 
 The patient compartment restriction (``patient=``) and the scope restrictions (``alternatives``) are
 applied in the same SQL ``WHERE`` as the request's criteria: the store never returns a row outside them.
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
@@ -24,7 +29,7 @@ from typing import Any
 from servers.demo_data.plan import DemoPlan
 from servers.ehr.fhir.instants import InvalidInstant, parse_range
 from servers.ehr.fhir.query import Criterion, DateValue, ReferenceValue, TokenValue
-from servers.ehr.fhir.searchparams import BY_TYPE, ParamType, params_for, patient_of
+from servers.ehr.fhir.searchparams import BY_TYPE, COMPARTMENT_PATH, ParamType, params_for, patient_of
 
 Resource = dict[str, Any]
 #: open ends of a Period
@@ -35,6 +40,7 @@ CREATE TABLE IF NOT EXISTS resource (
     type TEXT NOT NULL, id TEXT NOT NULL, patient TEXT, last_updated REAL NOT NULL, body TEXT NOT NULL,
     PRIMARY KEY (type, id));
 CREATE INDEX IF NOT EXISTS resource_patient ON resource (type, patient, last_updated, id);
+CREATE INDEX IF NOT EXISTS resource_updated ON resource (type, last_updated, id);
 CREATE TABLE IF NOT EXISTS token_index (
     type TEXT NOT NULL, id TEXT NOT NULL, param TEXT NOT NULL, system TEXT NOT NULL, code TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS token_lookup ON token_index (type, param, code, system);
@@ -54,13 +60,19 @@ class StoreError(ValueError):
     """A resource the store cannot hold (no type, unknown type, bad id, no lastUpdated)."""
 
 
+#: a resource's position in the search order: (lastUpdated in POSIX seconds, id)
+SortKey = tuple[float, str]
+
+
 @dataclass(frozen=True)
 class Page:
-    """One page of a search: ``total`` matches overall, ``resources`` from ``offset`` on."""
+    """One page of a search: ``total`` matches overall, ``resources`` from ``offset`` on, and their
+    sort ``keys`` (for the keys of the next and previous pages' links)."""
 
     total: int
     offset: int
     resources: list[Resource]
+    keys: list[SortKey]
 
 
 Alternatives = Sequence[Sequence[Criterion]]
@@ -79,6 +91,11 @@ class FHIRStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
+        # the secret of this store's page links (:mod:`.paging`): kept with the data, so links outlive a
+        # restart of the server; it never leaves the server
+        self._db.execute("INSERT OR IGNORE INTO meta VALUES ('paging_key', ?)", (secrets.token_hex(32),))
+        self.paging_key: bytes = bytes.fromhex(
+            self._db.execute("SELECT value FROM meta WHERE key = 'paging_key'").fetchone()[0])
 
     def close(self) -> None:
         with self._lock:
@@ -174,44 +191,100 @@ class FHIRStore:
 
     def search(self, resource_type: str, criteria: Sequence[Criterion], *, patient: str | None = None,
                alternatives: Alternatives | None = None, ids: Sequence[str] = (), count: int = 50,
-               offset: int = 0) -> Page:
+               offset: int = 0, after: SortKey | None = None, before: SortKey | None = None,
+               total: int | None = None) -> Page:
         """Resources of ``resource_type`` matching every criterion (AND; values within one OR-ed).
 
         ``patient`` restricts to that patient's compartment. ``alternatives`` (None: unrestricted) is a
         list of criteria groups of which a resource must match at least one (a SMART v2 scope's query).
+
+        The page is the ``count`` matches after the sort key ``after``, or the ``count`` matches before
+        ``before``, or (neither) the ``count`` matches from ``offset`` on. ``offset`` is only reported
+        back with a key; ``total`` (the count of an earlier page of the same search) saves the count.
         """
-        where = ["r.type = ?"]
-        args: list[Any] = [resource_type]
-        if patient is not None:
-            where.append("r.id = ?" if resource_type == "Patient" else "r.patient = ?")
-            args.append(patient)
-        if ids:
-            where.append(f"r.id IN ({','.join('?' * len(ids))})")
-            args.extend(ids)
-        for criterion in criteria:
-            sql, a = _clause(criterion)
-            where.append(sql)
-            args.extend(a)
-        if alternatives is not None:
-            groups = []
-            for group in alternatives:
-                parts = [_clause(c) for c in group]
-                groups.append("(" + (" AND ".join(s for s, _ in parts) or "1") + ")")
-                for _, a in parts:
-                    args.extend(a)
-            where.append("(" + (" OR ".join(groups) or "0") + ")")
-        cond = " AND ".join(where)
+        sql, args = self.page_statement(resource_type, criteria, patient=patient, alternatives=alternatives,
+                                        ids=ids, count=count, offset=offset, after=after, before=before)
         with self._lock:
-            total = int(self._db.execute(f"SELECT COUNT(*) FROM resource r WHERE {cond}", args).fetchone()[0])
-            rows = [] if count <= 0 else self._db.execute(
-                f"SELECT body FROM resource r WHERE {cond} ORDER BY r.last_updated, r.id LIMIT ? OFFSET ?",
-                [*args, count, offset]).fetchall()
-        return Page(total, offset, [json.loads(b) for (b,) in rows])
+            if total is None:
+                cond, cargs = _where(resource_type, criteria, patient, alternatives, ids)
+                total = int(self._db.execute(f"SELECT COUNT(*) FROM resource r WHERE {cond}",
+                                             cargs).fetchone()[0])
+            rows = [] if count <= 0 else self._db.execute(sql, args).fetchall()
+        if before is not None:
+            rows.reverse()
+        return Page(total, offset, [json.loads(b) for (_, _, b) in rows], [(u, i) for (u, i, _) in rows])
+
+    def page_statement(self, resource_type: str, criteria: Sequence[Criterion], *, patient: str | None = None,
+                       alternatives: Alternatives | None = None, ids: Sequence[str] = (), count: int = 50,
+                       offset: int = 0, after: SortKey | None = None, before: SortKey | None = None
+                       ) -> tuple[str, list[Any]]:
+        """The SQL and arguments of one page of :meth:`search` (also for ``EXPLAIN QUERY PLAN``)."""
+        cond, args = _where(resource_type, criteria, patient, alternatives, ids)
+        order = "r.last_updated, r.id"
+        if after is not None:
+            cond += " AND (r.last_updated, r.id) > (?, ?)"
+            args.extend(after)
+        elif before is not None:
+            cond += " AND (r.last_updated, r.id) < (?, ?)"
+            args.extend(before)
+            order = "r.last_updated DESC, r.id DESC"
+        keyed = after is not None or before is not None
+        args.extend((max(count, 0), 0 if keyed else offset))
+        return (f"SELECT r.last_updated, r.id, r.body FROM resource r WHERE {cond} ORDER BY {order} "
+                "LIMIT ? OFFSET ?", args)
 
 
-def _clause(c: Criterion) -> tuple[str, list[Any]]:
+def _where(resource_type: str, criteria: Sequence[Criterion], patient: str | None,
+           alternatives: Alternatives | None, ids: Sequence[str]) -> tuple[str, list[Any]]:
+    """The ``WHERE`` of a search (without its page position) and its arguments."""
+    where = ["r.type = ?"]
+    args: list[Any] = [resource_type]
+    if patient is not None:
+        where.append("r.id = ?" if resource_type == "Patient" else "r.patient = ?")
+        args.append(patient)
+    if ids:
+        where.append(f"r.id IN ({','.join('?' * len(ids))})")
+        args.extend(ids)
+    for criterion in criteria:
+        sql, a = _clause(criterion, resource_type)
+        where.append(sql)
+        args.extend(a)
+    if alternatives is not None:
+        groups = []
+        for group in alternatives:
+            parts = [_clause(c, resource_type) for c in group]
+            groups.append("(" + (" AND ".join(s for s, _ in parts) or "1") + ")")
+            for _, a in parts:
+                args.extend(a)
+        where.append("(" + (" OR ".join(groups) or "0") + ")")
+    return " AND ".join(where), args
+
+
+def _compartment_ids(c: Criterion, resource_type: str) -> list[str] | None:
+    """The patient ids of a ``patient``/``subject`` criterion on the compartment element that the
+    ``resource.patient`` column answers exactly (every value names a Patient: ``Patient/id``, or a bare id
+    of ``patient``, whose R4 target is Patient only), else None."""
+    path = COMPARTMENT_PATH.get(resource_type)
+    if c.param.type != ParamType.REFERENCE or path is None or c.param.paths != (path,):
+        return None
+    out = []
+    for v in c.values:
+        if not isinstance(v, ReferenceValue):
+            return None
+        if v.type == "Patient" or (v.type is None and c.param.name == "patient"):
+            out.append(v.id)
+        else:
+            return None
+    return out
+
+
+def _clause(c: Criterion, resource_type: str) -> tuple[str, list[Any]]:
     """SQL for one criterion (its values OR-ed), correlated with ``resource r``."""
     p = c.param
+    patients = _compartment_ids(c, resource_type)
+    if patients:
+        return (f"r.patient IN ({','.join('?' * len(patients))})" if len(patients) > 1 else "r.patient = ?",
+                patients)
     if p.type == ParamType.ID:
         return f"r.id IN ({','.join('?' * len(c.values))})", list(c.values)
     ors: list[str] = []

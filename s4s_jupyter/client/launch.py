@@ -250,16 +250,28 @@ _DONE_PAGE = (b"<!doctype html><meta charset=utf-8><title>s4s-jupyter</title>"
               b"<p>Signed in. You can close this tab and go back to your notebook.</p>")
 
 
+def _refused_page(message: str) -> bytes:
+    from html import escape
+
+    return ("<!doctype html><meta charset=utf-8><title>s4s-jupyter</title>"
+            f"<p>Sign-in refused: {escape(message)}</p><p>Go back to your notebook and log in again.</p>"
+            ).encode()
+
+
 class LoopbackRedirect:
     """A one-shot HTTP listener on ``127.0.0.1`` and a random port for the redirect (RFC 8252 7.3).
 
     It answers ``GET /callback?...`` once (the first request carrying ``code`` or ``error``), 404 to
-    anything else, logs nothing (the query carries the code and state) and stops.
+    anything else, logs nothing (the query carries the code and state) and stops. With :attr:`request`
+    set (:meth:`Session.login <s4s_jupyter.Session.login>` does), the page it shows already says whether
+    the response passes :func:`parse_redirect` (state, RFC 9207 ``iss``, ``error``); the caller checks
+    it again and raises.
     """
 
     path = "/callback"
 
     def __init__(self, host: str = "127.0.0.1") -> None:
+        self.request: AuthorizationRequest | None = None
         self._received: str | None = None
         self._event = threading.Event()
         outer = self
@@ -273,12 +285,19 @@ class LoopbackRedirect:
                     self.send_error(404)
                     return
                 outer._received = f"http://{host}:{outer.port}{self.path}"
-                self.send_response(200)
+                status, page = 200, _DONE_PAGE
+                if outer.request is not None:
+                    try:
+                        parse_redirect(outer.request, outer._received)
+                    except OAuthError as exc:
+                        status, page = 400, _refused_page(exc.message)
+                self.send_response(status)
                 self.send_header("Content-Type", "text/html; charset=utf-8")
                 self.send_header("Cache-Control", "no-store")
-                self.send_header("Content-Length", str(len(_DONE_PAGE)))
+                self.send_header("Referrer-Policy", "no-referrer")
+                self.send_header("Content-Length", str(len(page)))
                 self.end_headers()
-                self.wfile.write(_DONE_PAGE)
+                self.wfile.write(page)
                 outer._event.set()
 
             def log_message(self, format: str, *args: Any) -> None:  # never log codes or state

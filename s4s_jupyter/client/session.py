@@ -138,6 +138,8 @@ class Session:
             request = launch.authorization_request(self.config, self.client.client_id, rcv.redirect_uri,
                                                    self.scopes, self.fhir_base, launch=launch_context,
                                                    extra=extra)
+            if isinstance(rcv, launch.LoopbackRedirect):
+                rcv.request = request  # its page then tells the user whether the response was refused
             returned = (browser or launch.default_browser)(request.url)
             redirect_url = returned if isinstance(returned, str) else rcv.wait(timeout)
         finally:

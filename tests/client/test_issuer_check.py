@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
+import httpx
 import pytest
 
 import s4s_jupyter as s4s
@@ -103,3 +104,27 @@ def test_servers_without_rfc_9207_still_work_without_iss() -> None:
     with pytest.raises(IssuerMismatch, match="more than once"):
         launch.parse_redirect(twice, f"http://127.0.0.1:1/callback?code=c&state={twice.state}"
                                      "&iss=https%3A%2F%2Fehr.example&iss=https%3A%2F%2Fehr.example")
+
+
+def test_the_loopback_page_says_the_response_was_refused(stack: dict[str, Any]) -> None:
+    """The browser lands on the loopback listener with a forged ``iss``: the page it shows says the sign-in
+    was refused (400), and the session raises; the genuine response gets the usual page."""
+    maya = user(stack, "maya1")
+    pages: list[httpx.Response] = []
+
+    def browser(forge: bool) -> launch.Browser:
+        def visit(url: str) -> None:
+            redirect = s4s.FormLogin(maya["username"], maya["password"], follow_callback=False)(url)
+            assert redirect is not None
+            forged = with_query(redirect, iss="https://attacker.example")
+            pages.append(httpx.get(forged if forge else redirect))
+        return visit
+
+    with s4s.connect(stack["ehr_fhir"], login=False, token_store=False) as ehr:
+        with pytest.raises(IssuerMismatch):
+            ehr.login(browser=browser(True))
+        assert pages[0].status_code == 400 and "Sign-in refused" in pages[0].text
+        assert "mix-up" in pages[0].text
+        assert pages[0].headers["Cache-Control"] == "no-store"
+        ehr.login(browser=browser(False))
+        assert pages[1].status_code == 200 and "Signed in" in pages[1].text and ehr.logged_in

@@ -121,7 +121,7 @@ class TokenManager:
         if self._store is None:
             return False
         slot = self._slot
-        return self.adopt(slot.pick(self._store.update_entries(slot.entry_keys(), lambda entries: {})))
+        return self.adopt(slot.pick(self._store.entries(slot.entry_keys())))
 
     def access_token(self) -> str:
         """A current access token, refreshed first when it is about to expire."""

@@ -288,9 +288,14 @@ class TokenStore:
                 entries.update(changes)
             return entries
 
+    def entries(self, keys: Sequence[str]) -> dict[str, TokenSet | None]:
+        """The entries of ``keys`` as they are now (no lock: every write replaces the file whole)."""
+        data = self._read()
+        return {k: TokenSet.from_json(data[k]) if isinstance(data.get(k), Mapping) else None for k in keys}
+
     def load(self, keys: LoginKeys) -> TokenSet | None:
         """The token set of the login ``keys`` name (:meth:`LoginKeys.pick`)."""
-        return keys.pick(self.update_entries(keys.entry_keys(), lambda entries: {}))
+        return keys.pick(self.entries(keys.entry_keys()))
 
     def save_login(self, keys: LoginKeys, tokens: TokenSet) -> None:
         """Store a new login: under its patient's entry and as the last login (:meth:`LoginKeys.login`)."""

@@ -54,6 +54,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    args.cache, args.results = args.cache.resolve(), args.results.resolve()  # servers run in other folders
     quiet_httpx()
     groups = set(args.only.split(",")) if args.only else set(GROUPS)
     if groups - set(GROUPS):

@@ -28,7 +28,7 @@ from urllib.parse import urlencode
 
 import ipywidgets as w
 
-from s4s_jupyter.client.tokens import TokenSet, store_key
+from s4s_jupyter.client.tokens import TokenSet
 
 if TYPE_CHECKING:
     from s4s_jupyter.client.launch import Browser
@@ -177,16 +177,11 @@ class LoginWidget(w.VBox):
     def refresh(self) -> bool:
         """Take over the store's token set for this session if another process changed it; True if the
         login changed. (The poller calls this; a notebook may too.)"""
-        store = self.session.token_store
-        if store is None:
-            return False
         with self._lock:
             self._stamp = self._store_stamp()
-            stored = store.get(store_key(self.session.fhir_base, self.session.client.client_id))
-            current = self.tokens
-            if (stored.to_json() if stored else None) == (current.to_json() if current else None):
-                return False
-            if not self.session.tokens.adopt(stored):  # only a newer set, never written back
+            # the store's entry for this session's login (its patient's, or the last login); only a
+            # newer set of the same patient is taken, and nothing is written back
+            if not self.session.tokens.reload():
                 return False
         self.message.value = ""
         self.render()

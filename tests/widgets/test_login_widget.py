@@ -12,7 +12,7 @@ import pytest
 
 import s4s_jupyter as s4s
 from s4s_jupyter.client.automation import FormLogin
-from s4s_jupyter.client.tokens import TokenStore, store_key
+from s4s_jupyter.client.tokens import LoginKeys, TokenStore, store_key
 from s4s_jupyter.widgets import LoginWidget, extension_base_url
 
 pytestmark = pytest.mark.timeout(60)
@@ -93,8 +93,9 @@ def test_with_the_extension_the_button_is_a_link_and_the_store_brings_the_login(
         # a kernel restart: a new session on the same store is signed in at once
         with s4s.connect(widget_stack["ehr_fhir"], login=False, token_store=token_path) as restarted:
             assert restarted.logged_in and restarted.patient == session.patient
-        # a logout elsewhere reaches the widget too
-        TokenStore(token_path).delete(store_key(widget_stack["ehr_fhir"], "s4s-jupyter"))
+        # a logout elsewhere (the extension forgets the login's entries) reaches the widget too
+        TokenStore(token_path).forget_login(LoginKeys(widget_stack["ehr_fhir"], "s4s-jupyter",
+                                                      session.patient))
         wait_for(lambda: "data-logged-in='false'" in widget.status.value)
         assert not session.logged_in
     finally:

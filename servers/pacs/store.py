@@ -463,36 +463,35 @@ class Store:
     def instance_files(self, study_uid: str, series_uid: str | None = None,
                        sop_uid: str | None = None) -> list[InstanceFile]:
         """The stored files of a study, series or instance in series/instance number order."""
-        sql = ("SELECT i.sop_uid, i.series_uid, i.study_uid, i.sop_class_uid, i.transfer_syntax, i.sha256, "
-               "i.size, i.pixel_offset, i.pixel_length, i.rows, i.columns, i.bits_allocated, "
-               "i.number_of_frames FROM instances i JOIN series s ON s.series_uid = i.series_uid "
-               "WHERE i.study_uid = ?")
-        args: list[Any] = [study_uid]
-        if series_uid is not None:
-            sql += " AND i.series_uid = ?"
-            args.append(series_uid)
-        if sop_uid is not None:
-            sql += " AND i.sop_uid = ?"
-            args.append(sop_uid)
-        sql += " ORDER BY s.series_number, s.series_uid, i.instance_number, i.sop_uid"
+        sql, args = _in_retrieval_order(
+            "i.sop_uid, i.series_uid, i.study_uid, i.sop_class_uid, i.transfer_syntax, i.sha256, i.size, "
+            "i.pixel_offset, i.pixel_length, i.rows, i.columns, i.bits_allocated, i.number_of_frames",
+            study_uid, series_uid, sop_uid)
         return [InstanceFile(r[0], r[1], r[2], r[3], r[4], self.object_path(r[5]), r[6], r[7], r[8], r[9],
                              r[10], r[11], r[12]) for r in self.db.execute(sql, args)]
 
     def metadata(self, study_uid: str, series_uid: str | None = None,
                  sop_uid: str | None = None) -> list[str]:
         """The stored metadata JSON texts (with :data:`BASE` placeholders) in retrieval order."""
-        sql = ("SELECT i.metadata FROM instances i JOIN series s ON s.series_uid = i.series_uid "
-               "WHERE i.study_uid = ?")
-        args: list[Any] = [study_uid]
-        if series_uid is not None:
-            sql += " AND i.series_uid = ?"
-            args.append(series_uid)
-        if sop_uid is not None:
-            sql += " AND i.sop_uid = ?"
-            args.append(sop_uid)
-        sql += " ORDER BY s.series_number, s.series_uid, i.instance_number, i.sop_uid"
+        sql, args = _in_retrieval_order("i.metadata", study_uid, series_uid, sop_uid)
         return [r[0] for r in self.db.execute(sql, args)]
 
     def query(self, sql: str, args: list[Any]) -> Iterator[tuple[Any, ...]]:
         """Run a read-only query built by :mod:`servers.pacs.qido` (parameters always bound)."""
         yield from self.db.execute(sql, args)
+
+
+def _in_retrieval_order(columns: str, study_uid: str, series_uid: str | None,
+                        sop_uid: str | None) -> tuple[str, list[Any]]:
+    """SELECT ``columns`` of the instances of a study, series or instance, in retrieval order (series
+    number, then instance number; UIDs break ties so the order is stable)."""
+    sql = (f"SELECT {columns} FROM instances i JOIN series s ON s.series_uid = i.series_uid "
+           "WHERE i.study_uid = ?")
+    args: list[Any] = [study_uid]
+    if series_uid is not None:
+        sql += " AND i.series_uid = ?"
+        args.append(series_uid)
+    if sop_uid is not None:
+        sql += " AND i.sop_uid = ?"
+        args.append(sop_uid)
+    return sql + " ORDER BY s.series_number, s.series_uid, i.instance_number, i.sop_uid", args

@@ -114,7 +114,10 @@ def test_retrieve_into_pydicom_matches_the_files(server: str, kit_plan: DemoPlan
         manifest = pacs.download(studies.iloc[0], tmp_path, progress=False)
         on_disk = {r.sop_uid: dcmread(r.path) for r in manifest.itertuples()}
         for ds in datasets:
-            assert ds.PixelData == on_disk[ds.SOPInstanceUID].PixelData
+            assert ds == on_disk[ds.SOPInstanceUID]  # every element, the pixels included
+            assert ds.file_meta == on_disk[ds.SOPInstanceUID].file_meta
+            # parsed from the part's bytes, which are not kept alive beside the Dataset
+            assert ds.buffer is None or ds.buffer.closed
 
 
 def test_first_instance_per_series_metadata_and_thumbnails(server: str, kit_plan: DemoPlan,

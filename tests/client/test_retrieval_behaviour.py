@@ -141,8 +141,11 @@ def test_progress_is_reported_per_instance_within_a_series_request(pacs: str, ki
 
         # into memory, likewise; a callback that raises stops the retrieval
         loaded: list[RetrievalProgress] = []
+        assert all(t.instances is None for t in targets)  # listed by QIDO-RS while the series come
         assert len(r.load(targets, progress=False, on_progress=loaded.append)) == total
         assert loaded[-1].instances_done == total
+        assert {p.instances_total for p in loaded} <= {None, total}  # None until the lists came
+        assert [p.instances_done for p in loaded] == list(range(total + 1))
 
         def stop(p: RetrievalProgress) -> None:
             if p.instances_done == 2:

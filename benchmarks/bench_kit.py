@@ -1,4 +1,4 @@
-"""Retrieving a multi-series study to disk: the kit vs dicomweb-client vs curl, side by side, one run.
+"""Retrieving a multi-series study to disk and into pydicom: the kit vs dicomweb-client vs curl, one run.
 
 The PACS of this project serves one deterministic study (``--series`` series of ``--instances`` CT
 instances of ``--size`` x ``--size`` pixels) on loopback, in this process. Each client runs in its own
@@ -10,7 +10,8 @@ subprocess, so its peak memory (``ru_maxrss``) is its own:
   each Dataset written with ``save_as`` into the same layout: what a user of that library does to get the
   study on disk;
 - ``curl``: the whole study in one request written to one file unparsed (the single-connection loopback
-  limit), and the series in parallel (``curl --parallel``, as many connections as the kit).
+  limit), and the series in parallel (``curl --parallel``, as many connections as the kit);
+- into memory: :meth:`s4s_jupyter.DICOMweb.retrieve` (pydicom Datasets) vs ``retrieve_study``.
 
 Each client runs ``--repeat`` times; the median time is reported, with throughput and ratios against the
 baselines measured in the same run. Targets (issue 5): kit >= 2x dicomweb-client, kit >= 0.5x curl.
@@ -191,9 +192,10 @@ def main() -> None:
     p.add_argument("--instances", type=int, default=40, help="instances per series")
     p.add_argument("--size", type=int, default=512, help="rows = columns of each CT image")
     p.add_argument("--connections", type=int, default=4, help="the kit's connections per host")
-    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--repeat", type=int, default=5)
     args = p.parse_args()
 
+    from servers.demo_data.dicom import iter_study
     from servers.demo_data.plan import DemoOptions, make_plan
     from servers.pacs.app import dicomweb_url, make_app
     from servers.pacs.seed import seed
@@ -216,6 +218,7 @@ def main() -> None:
         print(f"PACS at {url}: study of {len(study.series)} series x {args.instances} instances "
               f"({args.size}x{args.size} CT) stored in {time.perf_counter() - t:.1f} s")
         study_url = f"{url}/studies/{study.study_uid}"
+        study_bytes = sum(len(b) for _, b in iter_study(plan.patients[0], study))
         series_urls = [f"{study_url}/series/{s.series_uid}" for s in study.series]
 
         results: dict[str, list[dict[str, float]]] = {}
@@ -233,6 +236,10 @@ def main() -> None:
             results.setdefault("curl (1 request)", []).append(run_curl([study_url], fresh("curl1"), 1))
             results.setdefault(f"curl (--parallel {args.connections})", []).append(
                 run_curl(series_urls, fresh("curlp"), args.connections))
+            kit_ds = run_python(KIT_DATASETS, url, study.study_uid, str(args.connections))
+            results.setdefault("kit retrieve (datasets)", []).append({**kit_ds, "bytes": study_bytes})
+            dwc_ds = run_python(DWC_DATASETS, url, study.study_uid)
+            results.setdefault("dicomweb-client retrieve_study", []).append({**dwc_ds, "bytes": study_bytes})
         one_series = run_python(KIT, url, study.study_uid, str(fresh("kit1")), str(args.connections),
                                 "series")
     finally:
@@ -241,16 +248,19 @@ def main() -> None:
 
     med = {name: median(runs) for name, runs in results.items()}
     kit = med["kit"]
-    print(f"\n{'client':28} {'median s':>9} {'MB/s':>8} {'files':>6} {'peak RSS MB':>12} "
+    print(f"\n{'client':32} {'median s':>9} {'MB/s':>8} {'files':>6} {'peak RSS MB':>12} "
           f"{'kit speed-up':>13}")
     for name, m in med.items():
         mbps = m["bytes"] / m["seconds"] / 1e6
-        print(f"{name:28} {m['seconds']:9.2f} {mbps:8.1f} {int(m['files']):6d} {m['peak_rss'] / 1e6:12.1f} "
+        print(f"{name:32} {m['seconds']:9.2f} {mbps:8.1f} {int(m['files']):6d} {m['peak_rss'] / 1e6:12.1f} "
               f"{m['seconds'] / kit['seconds']:12.2f}x")
+    in_memory = med["dicomweb-client retrieve_study"]["seconds"] / med["kit retrieve (datasets)"]["seconds"]
+    print(f"\nkit retrieve vs dicomweb-client retrieve_study (pydicom Datasets): {in_memory:.2f}x faster "
+          f"(target >= 2x) {'OK' if in_memory >= 2 else 'MISSED'}")
     dwc = med["dicomweb-client"]["seconds"] / kit["seconds"]
     curl_best = min(m["seconds"] for name, m in med.items() if name.startswith("curl"))
     vs_curl = curl_best / kit["seconds"]
-    print(f"\nkit vs dicomweb-client: {dwc:.2f}x faster (target >= 2x) {'OK' if dwc >= 2 else 'MISSED'}")
+    print(f"kit vs dicomweb-client: {dwc:.2f}x faster (target >= 2x) {'OK' if dwc >= 2 else 'MISSED'}")
     print(f"kit vs curl (fastest curl): {vs_curl:.2f}x of its speed (target >= 0.5x) "
           f"{'OK' if vs_curl >= 0.5 else 'MISSED'}")
     print(f"kit peak RSS: whole study ({kit['bytes'] / 1e6:.0f} MB) {kit['peak_rss'] / 1e6:.0f} MB; "

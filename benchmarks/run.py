@@ -119,7 +119,7 @@ def main() -> None:
         if "kit" in groups:
             print("kit")
             figures += bench_kit.figures(pacs_url, study.study_uid, study_bytes, large.study_uid, large_bytes,
-                                         work / "kit", few)
+                                         work / "kit", rounds)
         if groups & {"broker", "fhir"}:
             stack = start_broker_stack(loop, ds.plan, pacs_url, work)
             procs.append(stack.broker)
@@ -127,8 +127,8 @@ def main() -> None:
             token = stack.token(ds.plan, patient.id)
             if "broker" in groups:
                 print("broker")
-                figures.append(bench_retrieve.broker(pacs_url, stack.broker_dicomweb, token,
-                                                     [s.study_uid for s in patient.studies], rounds))
+                figures += bench_retrieve.broker(pacs_url, stack.broker_dicomweb, token,
+                                                 [s.study_uid for s in patient.studies], rounds)
             if "fhir" in groups:
                 print(f"FHIR ({args.observations} Observations)")
                 with stopwatch() as t_obs:

@@ -28,11 +28,8 @@ import asyncio
 import contextlib
 import fcntl
 import os
-import select
 import socket
 import ssl
-import threading
-import time
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -49,7 +46,6 @@ MAX_HEADER_BYTES = 256 * 1024
 SPLICE = hasattr(os, "splice")
 F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ (Linux), not exported by every Python build
 PIPE_BYTES = 1024 * 1024
-_POLL_SLICE_MS = 500
 
 
 class StreamedResponse:
@@ -68,8 +64,6 @@ class StreamedResponse:
         self._last = self._loop.time()
         self._watchdog: asyncio.TimerHandle | None = None
         self._idle = False
-        self._closed = False
-        self._splicing = False  # a thread is in _splice_blocking
 
     async def _wait(self, awaitable: Awaitable[T]) -> T:
         """Await one read. The idle timeout is a watchdog timer re-armed lazily (a timer or task per
@@ -142,47 +136,23 @@ class StreamedResponse:
         return (SPLICE and self._raw is not None and "Content-Length" in self.headers
                 and not _chunked(self.headers) and self.status not in (204, 304))
 
+    async def _ready(self, add: Any, remove: Any, fd: int) -> None:
+        future: asyncio.Future[None] = self._loop.create_future()
+        add(fd, _wake, future)
+        timer = self._loop.call_later(self.idle_timeout, _expire, future)  # cheaper than wait_for's task
+        try:
+            await future
+        finally:
+            timer.cancel()
+            remove(fd)
+
     async def splice_to(self, fd: int) -> int:
         """Move the whole body to the (non-blocking) socket ``fd`` with ``splice(2)``; returns the bytes
         moved. Raises :class:`UpstreamBroken` when the PACS stops early or stalls, ``OSError`` when the
-        client side fails, ``TimeoutError`` when the client takes nothing for the idle timeout.
-
-        The loop runs in a thread of its own (``splice`` and ``poll`` release the GIL): what the PACS
-        has sent goes into the pipe, then all of it to the client, waiting with ``poll``. Measured with
-        curl through the broker on 2 cores (issue 4), the same loop on the event loop (a coroutine, a
-        timer and two ``epoll_ctl`` per wait) made the body of a 105 MB study take 71-76 ms where a
-        bare blocking relay took 64-67 ms and the PACS direct 53-57 ms."""
+        client side fails."""
         assert self._raw is not None
-        self._watchdog_off()
-        self._splicing = True
-        done: asyncio.Future[int] = self._loop.create_future()
-        up, length = self._raw.fileno(), int(self.headers["Content-Length"])
-
-        def run() -> None:  # a thread per answer, as per connection: no pool to queue behind
-            result: tuple[int | None, BaseException | None]
-            try:
-                result = (self._splice_blocking(up, fd, length), None)
-            except BaseException as exc:  # handed to the awaiting coroutine
-                result = (None, exc)
-            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
-                self._loop.call_soon_threadsafe(_settle, done, *result)
-
-        threading.Thread(target=run, name="s4s-splice", daemon=True).start()
-        return await done
-
-    def _poll(self, fd: int, event: int) -> None:
-        """Wait until ``fd`` is ready for ``event``; in slices, so :meth:`close` is noticed. Raises
-        ``TimeoutError`` after the idle timeout."""
-        poller = select.poll()
-        poller.register(fd, event)
-        deadline = time.monotonic() + self.idle_timeout
-        while not poller.poll(_POLL_SLICE_MS):
-            if self._closed:
-                raise UpstreamBroken("the answer was abandoned")
-            if time.monotonic() >= deadline:
-                raise TimeoutError
-
-    def _splice_blocking(self, up: int, fd: int, remaining: int) -> int:
+        up = self._raw.fileno()
+        remaining = int(self.headers["Content-Length"])
         moved = 0
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         flags = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
@@ -194,7 +164,7 @@ class StreamedResponse:
                     n = os.splice(up, w, min(remaining, PIPE_BYTES), flags=flags)
                 except BlockingIOError:
                     try:
-                        self._poll(up, select.POLLIN)
+                        await self._ready(self._loop.add_reader, self._loop.remove_reader, up)
                     except TimeoutError:
                         raise UpstreamBroken("the PACS stopped sending mid-answer") from None
                     continue
@@ -207,7 +177,7 @@ class StreamedResponse:
                     try:
                         m = os.splice(r, fd, n, flags=flags)
                     except BlockingIOError:
-                        self._poll(fd, select.POLLOUT)  # TimeoutError: the client took nothing
+                        await self._ready(self._loop.add_writer, self._loop.remove_writer, fd)
                         continue
                     n -= m
                     moved += m
@@ -215,21 +185,11 @@ class StreamedResponse:
         finally:
             os.close(r)
             os.close(w)
-            self._splicing = False
-            if self._closed:  # abandoned while splicing (the request was cancelled)
-                with contextlib.suppress(RuntimeError):
-                    self._loop.call_soon_threadsafe(self.close)
 
-    def _watchdog_off(self) -> None:
+    def close(self) -> None:
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
-
-    def close(self) -> None:
-        self._closed = True
-        self._watchdog_off()
-        if self._splicing:  # the splicing thread still uses the socket: it closes it when it stops
-            return
         # the IOStream first: it unregisters the descriptor from the event loop, then closes the socket
         self._stream.close()
         if self._raw is not None:
@@ -241,14 +201,9 @@ def _wake(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-def _settle(future: asyncio.Future[int], result: int | None, exc: BaseException | None) -> None:
-    if future.done():
-        return
-    if exc is not None:
-        future.set_exception(exc)
-    else:
-        assert result is not None
-        future.set_result(result)
+def _expire(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
 
 
 def _chunked(headers: httputil.HTTPHeaders) -> bool:

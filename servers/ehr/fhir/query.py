@@ -95,13 +95,14 @@ class SearchQuery:
                 for c in self.criteria if c.param.type == ParamType.ID]
 
 
-def split_escaped(text: str, sep: str) -> list[str]:
-    """Split on ``sep`` unless escaped with a backslash, and unescape (R4 3.1.1.5.7)."""
+def split_escaped(text: str, sep: str, *, unescape: bool = True) -> list[str]:
+    """Split on ``sep`` unless escaped with a backslash (R4 3.1.1.5.7). ``unescape`` drops the escaping
+    backslashes; without it they stay, for a later split of each part on another separator."""
     parts, cur, i = [], [], 0
     while i < len(text):
         ch = text[i]
         if ch == "\\" and i + 1 < len(text):
-            cur.append(text[i + 1])
+            cur.append(text[i + 1] if unescape else text[i:i + 2])
             i += 2
             continue
         if ch == sep:
@@ -116,21 +117,7 @@ def split_escaped(text: str, sep: str) -> list[str]:
 
 def _split_values(raw: str) -> list[str]:
     # keep escapes of "|" inside each value for the token parser: split on unescaped "," only
-    out, cur, i = [], [], 0
-    while i < len(raw):
-        ch = raw[i]
-        if ch == "\\" and i + 1 < len(raw):
-            cur.append(raw[i:i + 2])
-            i += 2
-            continue
-        if ch == ",":
-            out.append("".join(cur))
-            cur = []
-        else:
-            cur.append(ch)
-        i += 1
-    out.append("".join(cur))
-    return out
+    return split_escaped(raw, ",", unescape=False)
 
 
 def parse_token(raw: str) -> TokenValue:

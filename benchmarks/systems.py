@@ -9,6 +9,7 @@ storage folder).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -84,8 +85,11 @@ def load_orthanc(orthanc: OrthancServer, files: Iterable[Path], threads: int = 2
 
 
 def start_pacs(store_dir: Path, work: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """``s4s-servers pacs`` on the store, in a subprocess; returns the process and its DICOMweb base."""
-    proc, urls = start_role(["pacs", "--data-dir", str(store_dir), "--no-fsync"], work, "pacs")
+    """``s4s-servers pacs`` on the store, in a subprocess with one worker process per core; returns the
+    (supervisor) process and its DICOMweb base."""
+    processes = str(os.cpu_count() or 1)  # as Orthanc, which uses every core by default
+    proc, urls = start_role(["pacs", "--data-dir", str(store_dir), "--no-fsync", "--processes", processes],
+                            work, "pacs")
     return proc, str(urls["pacs_dicomweb"])
 
 
@@ -137,7 +141,8 @@ def start_broker_stack(loop: ServerLoop, plan: DemoPlan, pacs_dicomweb: str, wor
 
 
 class PeakRSS:
-    """Samples a process's resident memory every ``interval`` seconds while the block runs.
+    """Samples the resident memory of a process and its children (a pre-forked server's workers; pages
+    they share are counted in each, so the sum errs high) every ``interval`` seconds while the block runs.
 
     ``with PeakRSS(pid) as m: ...`` then ``m.before`` (at entry) and ``m.peak`` (highest sample, bytes).
     """
@@ -151,11 +156,18 @@ class PeakRSS:
 
     def _sample(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, self.process.memory_info().rss)
+            self.peak = max(self.peak, self._rss())
             time.sleep(self.interval)
 
+    def _rss(self) -> int:
+        total = 0
+        for proc in [self.process, *self.process.children(recursive=True)]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                total += proc.memory_info().rss
+        return total
+
     def __enter__(self) -> PeakRSS:
-        self.before = self.peak = self.process.memory_info().rss
+        self.before = self.peak = self._rss()
         self._thread.start()
         return self
 
@@ -163,4 +175,4 @@ class PeakRSS:
                  tb: TracebackType | None) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, self.process.memory_info().rss)
+        self.peak = max(self.peak, self._rss())

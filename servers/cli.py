@@ -1,8 +1,10 @@
 """``s4s-servers``: run the whole demo stack, or any one role alone.
 
 Each role lives in ``servers/<role>/command.py`` with two functions: ``add_arguments(parser)`` for
-``s4s-servers <role> ...`` and ``run(args, loop) -> dict`` that starts it alone and returns its URLs. The
-demo stack (:mod:`servers.demo`) composes the roles in one process.
+``s4s-servers <role> ...`` and ``run(args, loop) -> dict`` that starts it alone and returns its URLs. A
+role with a ``--processes`` option also has ``run_forked(args, announce) -> int``, used when more than one
+process is asked for (:mod:`servers.prefork`). The demo stack (:mod:`servers.demo`) composes the roles in
+one process.
 """
 
 from __future__ import annotations
@@ -60,23 +62,29 @@ def write_urls_file(path: str, urls: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def announce(args: argparse.Namespace, urls: dict[str, Any]) -> None:
+    """Write the URLs file (when asked) and print the URLs: the server is ready for clients."""
+    if getattr(args, "urls_file", None):
+        write_urls_file(args.urls_file, urls)
+    print(json.dumps({k: v for k, v in urls.items() if k not in ("clients", "users")}, indent=2),
+          flush=True)
+    log.info("running; press Ctrl-C to stop")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if getattr(args, "processes", 1) > 1:  # before any thread exists: the role forks its workers
+        return int(args._module.run_forked(args, lambda urls: announce(args, urls)))
     loop = ServerLoop().start()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        urls = args._module.run(args, loop)
-        if getattr(args, "urls_file", None):
-            write_urls_file(args.urls_file, urls)
-        print(json.dumps({k: v for k, v in urls.items() if k not in ("clients", "users")}, indent=2),
-              flush=True)
-        log.info("running; press Ctrl-C to stop")
+        announce(args, args._module.run(args, loop))
         stop.wait()
         log.info("stopping")
     finally:

@@ -32,6 +32,8 @@ class Reservation:
     host: str
     port: int
     sockets: list[socket.socket]
+    #: listened on by several worker processes (:mod:`servers.prefork`): see :func:`accept_one_per_wakeup`
+    shared: bool = False
 
     @property
     def url(self) -> str:
@@ -43,6 +45,39 @@ def reserve(host: str = "127.0.0.1", port: int = 0) -> Reservation:
     """Bind a listening socket on ``host:port`` (0 picks a free port)."""
     socks = bind_sockets(port, host, family=socket.AF_INET6 if ":" in host else socket.AF_INET)
     return Reservation(host, socks[0].getsockname()[1], socks)
+
+
+def accept_one_per_wakeup(server: HTTPServer, sockets: list[socket.socket]) -> None:
+    """Serve ``sockets`` with ``server``, accepting one connection each time a socket is readable.
+
+    Tornado's own accept handler takes every queued connection at once (up to 128). When worker
+    processes share a listening socket, all of them wake for a new connection; whichever runs first
+    takes the whole queue, so a burst of four clients landed on one of two workers and STOW-RS with four
+    connections gained nothing from the second process. Taking one at a time, the next connection goes
+    to the worker that is free to pick it up first: the busy one loses the race. Must run on the loop.
+
+    Uses two attributes of Tornado's ``TCPServer`` (``_sockets``, ``_handlers``, so that ``stop()``
+    closes these sockets too) and its ``_handle_connection``, stable since Tornado 4.
+    """
+    loop = asyncio.get_running_loop()
+    for sock in sockets:
+        sock.setblocking(False)
+        fd = sock.fileno()
+
+        def accept(sock: socket.socket = sock) -> None:
+            try:
+                connection, address = sock.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return  # another worker took it, or the client gave up
+            server._handle_connection(connection, address)
+
+        loop.add_reader(fd, accept)
+        server._sockets[fd] = sock
+
+        def remove(fd: int = fd) -> None:
+            loop.remove_reader(fd)
+
+        server._handlers[fd] = remove
 
 
 @dataclass
@@ -105,7 +140,10 @@ class ServerLoop:
         def build() -> Served:
             app = factory(res.url)
             server = HTTPServer(app, xheaders=False, **server_options)
-            server.add_sockets(res.sockets)
+            if res.shared:
+                accept_one_per_wakeup(server, res.sockets)
+            else:
+                server.add_sockets(res.sockets)
             return Served(res.url, server, app)
 
         served = self.call(build)

@@ -25,7 +25,8 @@ def make_app(settings: PACSSettings, base_url: str) -> tornado.web.Application:
     base URL is ``base_url + "/dicom-web"``. Opens (and, after a crash, tidies) the store in
     ``settings.data_dir``; the store and thread pool are released by the registered cleanup."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    store = Store(settings.data_dir, fsync=settings.fsync, bulk_data_threshold=settings.bulk_data_threshold)
+    store = Store(settings.data_dir, fsync=settings.fsync, bulk_data_threshold=settings.bulk_data_threshold,
+                  shared=settings.shared_store)
     executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="s4s-pacs")
     ctx = PACSContext(settings, store, QidoService(store), executor, dicomweb_url(base_url))
 

@@ -24,6 +24,8 @@ class PACSSettings:
     - ``sendfile_min_bytes``: stored files at least this large are sent with ``sendfile(2)`` (no copy
       through Python) when the answer's length is known; smaller ones are read and sent in blocks.
       ``None`` turns zero-copy sending off.
+    - ``shared_store``: the store's folder is owned by a supervisor process (``--processes N``): open it
+      without locking or tidying it (see :class:`servers.pacs.store.Store`).
     """
 
     data_dir: Path
@@ -34,3 +36,4 @@ class PACSSettings:
     workers: int = 8
     fsync: bool = True
     sendfile_min_bytes: int | None = 64 * 1024
+    shared_store: bool = False

@@ -13,7 +13,14 @@ metadata (PS3.18 F.2, large binary values as BulkDataURI) and its QIDO-RS answer
 parses a stored file except for rendering, transcoding and bulk data. Counts of related series and
 instances and the modalities of a study are maintained in the same transaction.
 
-Thread safety: every thread gets its own SQLite connection; writers are serialised by one lock.
+Thread safety: every thread gets its own SQLite connection; writers are serialised by one lock, and
+across processes by SQLite's write transaction (``BEGIN IMMEDIATE``), inside which an instance's SOP
+Instance UID is looked up again before it is indexed.
+
+Processes: one store owns a folder (an exclusive ``flock``), because opening tidies what a kill left
+behind and would delete another process's files in flight. A server with several worker processes
+opens the store once in its supervisor (:meth:`Store.hand_over`) and each worker opens it with
+``shared=True``: no lock of its own, no tidying.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from pydicom.datadict import tag_for_keyword
 
@@ -218,7 +225,8 @@ def metadata_json(checked: CheckedInstance, threshold: int) -> dict[str, Any]:
 class Store:
     """Content-addressed files plus the SQLite index. Blocking: call from worker threads."""
 
-    def __init__(self, data_dir: Path, *, fsync: bool = True, bulk_data_threshold: int = 1024) -> None:
+    def __init__(self, data_dir: Path, *, fsync: bool = True, bulk_data_threshold: int = 1024,
+                 shared: bool = False) -> None:
         self.data_dir = Path(data_dir)
         self.objects = self.data_dir / "objects"
         self.tmp = self.data_dir / "tmp"
@@ -230,7 +238,13 @@ class Store:
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
         self._io = ThreadPoolExecutor(4, thread_name_prefix="s4s-pacs-io")
-        self._open()
+        self._lock_file: BinaryIO | None = None
+        #: the writer lock of worker processes sharing the folder (see _writer_across_processes)
+        self._writer_file: BinaryIO | None = open(self.data_dir / "write.lock", "a+b") if shared else None  # noqa: SIM115
+        if shared:
+            self.db  # noqa: B018 (opens this thread's connection: fails early on a bad folder)
+        else:
+            self._open()
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -279,6 +293,15 @@ class Store:
         return conn
 
     def close(self) -> None:
+        self._close_index()
+        if self._writer_file is not None:
+            self._writer_file.close()
+            self._writer_file = None
+        if self._lock_file is not None:
+            self._lock_file.close()  # releases the folder
+            self._lock_file = None
+
+    def _close_index(self) -> None:
         self._io.shutdown(wait=True)
         with self._connections_lock:
             for conn in self._connections:
@@ -286,7 +309,15 @@ class Store:
                     conn.close()
             self._connections.clear()
         self._local = threading.local()
-        self._lock_file.close()  # releases the folder
+
+    def hand_over(self) -> BinaryIO:
+        """Close the index but keep the folder: for a supervisor about to fork workers that open the
+        store with ``shared=True``. Returns the lock file; closing it releases the folder."""
+        if self._lock_file is None:
+            raise StoreInUse("only the store that owns the folder can hand it over")
+        self._close_index()
+        lock, self._lock_file = self._lock_file, None
+        return lock
 
     # -- storing --------------------------------------------------------------------------------------
 
@@ -318,21 +349,27 @@ class Store:
         else:
             rows = self._rows(checked, sha, len(data))
             self._write_file(sha, data)
-        with self._write_lock:
-            existing = self._existing(checked.sop_instance_uid)
-            if existing is not None:  # a concurrent request stored it meanwhile
-                try:
-                    return self._same_or_conflict(existing, sha, checked)
-                except Conflict:
-                    self._drop_if_unreferenced(sha)
-                    raise
+        with self._write_lock, self._writer_across_processes():
             try:
-                self._insert(checked, rows)
+                return self._insert(checked, sha, rows)
             except Conflict:
                 self._drop_if_unreferenced(sha)
                 raise
-        return Stored(checked.sop_class_uid, checked.sop_instance_uid, checked.study_uid,
-                      checked.series_uid, False)
+
+    @contextlib.contextmanager
+    def _writer_across_processes(self) -> Iterator[None]:
+        """Hold the folder's writer lock (``flock`` on ``write.lock``) when worker processes share the
+        store. SQLite would serialise their transactions too, but a writer that finds the database locked
+        sleeps in SQLite's busy handler (1, 2, 5, 10 ms ...); a process blocked in ``flock`` is woken as
+        soon as the lock is free."""
+        if self._writer_file is None:
+            yield
+            return
+        fcntl.flock(self._writer_file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._writer_file, fcntl.LOCK_UN)
 
     def _existing(self, sop_uid: str) -> tuple[str, str, str] | None:
         row = self.db.execute("SELECT sha256, study_uid, series_uid FROM instances WHERE sop_uid = ?",
@@ -409,10 +446,17 @@ class Store:
             "patient_id": _text(meta, "PatientID"),
         }
 
-    def _insert(self, c: CheckedInstance, rows: dict[str, Any]) -> None:
+    def _insert(self, c: CheckedInstance, sha: str, rows: dict[str, Any]) -> Stored:
+        """Index one instance in one write transaction. The SOP Instance UID is looked up again inside
+        it: another thread, or another worker process of the same store, may have stored it meanwhile."""
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
+            existing = self._existing(c.sop_instance_uid)
+            if existing is not None:
+                stored = self._same_or_conflict(existing, sha, c)
+                db.execute("COMMIT")
+                return stored
             study = db.execute("SELECT patient_id FROM studies WHERE study_uid = ?",
                                (c.study_uid,)).fetchone()
             if study is None:
@@ -451,6 +495,7 @@ class Store:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        return Stored(c.sop_class_uid, c.sop_instance_uid, c.study_uid, c.series_uid, False)
 
     # -- reading --------------------------------------------------------------------------------------
 

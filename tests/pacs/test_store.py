@@ -118,6 +118,45 @@ def test_concurrent_writers_of_the_same_and_of_conflicting_objects(tmp_path: Pat
     assert check_consistent(tmp_path / "pacs") == 1
 
 
+def test_stores_sharing_a_folder_serialise_conflicting_writers(tmp_path: Path,
+                                                              plan_files: dict[str, bytes]) -> None:
+    """Worker processes of one PACS (``--processes``) each open the folder with ``shared=True``: their
+    write locks are separate, so only SQLite's write transaction orders them. Four such stores race on
+    the same and on conflicting objects, trial after trial; no writer may fail other than by Conflict."""
+    owner = Store(tmp_path / "pacs", fsync=False)
+    folder = owner.hand_over()
+    with pytest.raises(StoreInUse):
+        Store(tmp_path / "pacs")  # the supervisor keeps the folder
+    stores = [Store(tmp_path / "pacs", fsync=False, shared=True) for _ in range(4)]
+    base = pydicom.dcmread(io.BytesIO(next(iter(plan_files.values()))))
+    for trial in range(12):
+        versions = []
+        for text in ("one", "two"):
+            base.SOPInstanceUID = f"1.2.826.0.1.3680043.8.498.77.{trial}"
+            base.SeriesDescription = f"version {text}"
+            buf = io.BytesIO()
+            base.save_as(buf, enforce_file_format=True)
+            versions.append(buf.getvalue())
+
+        def put(job: tuple[Store, bytes]) -> str:
+            try:
+                return "new" if not job[0].put(job[1]).already_present else "same"
+            except Conflict:
+                return "conflict"
+
+        jobs = [(stores[i % 4], versions[i % 2]) for i in range(8)]
+        with ThreadPoolExecutor(8) as pool:
+            outcomes = list(pool.map(put, jobs))
+        assert outcomes.count("new") == 1, outcomes
+        winner = jobs[outcomes.index("new")][1]
+        for (_, blob), outcome in zip(jobs, outcomes, strict=True):
+            assert outcome in (("new", "same") if blob == winner else ("conflict",))
+    for store in stores:
+        store.close()
+    folder.close()
+    assert check_consistent(tmp_path / "pacs") == 12
+
+
 def test_the_index_is_sqlite_in_wal_mode(tmp_path: Path) -> None:
     Store(tmp_path / "pacs").close()
     with sqlite3.connect(tmp_path / "pacs" / "index.sqlite3") as conn:

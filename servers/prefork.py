@@ -1,0 +1,128 @@
+"""Serving one role from several worker processes that share its listening socket (pre-fork).
+
+The supervisor binds the socket, prepares what must happen once (the PACS tidies and locks its store),
+forks the workers, and then only watches them: each worker runs its own event loop and accepts
+connections on the inherited socket, so the kernel spreads connections across the workers and a busy
+worker (parsing a STOW-RS body, hashing, building metadata) does not hold up the others. This is
+Tornado's own multi-process model (``bind_sockets`` + ``fork_processes``) with a supervisor that stops
+on a signal instead of restarting workers: a worker that dies stops the whole server, loudly, so a
+fault is never hidden behind a restart.
+
+Fork happens before any thread is started in the supervisor (the caller must not have started a
+:class:`~servers.runtime.ServerLoop`), so no worker inherits a lock held by another thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+
+from servers.runtime import Reservation, ServerLoop
+
+log = logging.getLogger("s4s.servers.prefork")
+
+_PR_SET_PDEATHSIG = 1
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+def serve_forked(processes: int, reservation: Reservation, worker: Callable[[ServerLoop], None],
+                 ready: Callable[[list[int]], None]) -> int:
+    """Fork ``processes`` workers that each run ``worker(loop)`` on a fresh :class:`ServerLoop` and serve
+    until SIGTERM or SIGINT; call ``ready(pids)`` in the supervisor once they are forked (the socket is
+    already listening, so connections made from then on wait in its backlog until a worker accepts).
+
+    Returns the supervisor's exit status: 0 after a stop signal, 1 when a worker died first.
+    """
+    if processes < 1:
+        raise ValueError("processes must be at least 1")
+    if not reservation.shared:
+        raise ValueError("the reservation must be marked shared (workers then accept one at a time)")
+    pids: list[int] = []
+    for index in range(processes):
+        pid = os.fork()
+        if pid == 0:  # the worker: never returns
+            _worker_main(index, reservation, worker)
+        pids.append(pid)
+    for sock in reservation.sockets:  # the workers accept; the supervisor holds no connection
+        sock.close()
+    return _supervise(pids, ready)
+
+
+def _worker_main(index: int, reservation: Reservation, worker: Callable[[ServerLoop], None]) -> None:
+    status = 1
+    try:
+        _die_with_parent()
+        stop = threading.Event()
+        for sig in _STOP_SIGNALS:
+            signal.signal(sig, lambda *_: stop.set())
+        loop = ServerLoop().start()
+        try:
+            worker(loop)
+            log.debug("worker %d (pid %d) serving %s", index, os.getpid(), reservation.url)
+            stop.wait()
+        finally:
+            loop.stop()
+        status = 0
+    except BaseException:
+        log.exception("worker %d (pid %d) failed", index, os.getpid())
+    finally:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to send this worker SIGTERM when the supervisor dies (even by SIGKILL)."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() == 1:  # the supervisor died before the request above
+        os._exit(1)
+
+
+def _supervise(pids: list[int], ready: Callable[[list[int]], None]) -> int:
+    watched = _STOP_SIGNALS | {signal.SIGCHLD}
+    signal.pthread_sigmask(signal.SIG_BLOCK, watched)
+    alive = set(pids)
+    status = 0
+    try:
+        ready(list(pids))
+        while alive:
+            exited = _reap(alive)
+            if exited:
+                log.error("worker process %s exited; stopping the server", ", ".join(map(str, exited)))
+                status = 1
+                break
+            info = signal.sigwaitinfo(watched)
+            if info.si_signo in _STOP_SIGNALS:
+                break
+    finally:
+        for pid in alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        for pid in list(alive):
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, watched)
+    return status
+
+
+def _reap(alive: set[int]) -> list[int]:
+    """Collect workers that have exited (without waiting); remove them from ``alive``."""
+    exited = []
+    for pid in list(alive):
+        with contextlib.suppress(ChildProcessError):
+            done, _ = os.waitpid(pid, os.WNOHANG)
+            if done == 0:
+                continue
+        alive.discard(pid)
+        exited.append(pid)
+    return exited

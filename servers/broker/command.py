@@ -42,6 +42,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "goes there)")
     p.add_argument("--upstream-timeout", type=float, default=BrokerSettings.upstream_timeout,
                    help="seconds to wait for the PACS (connect, answer, next chunk)")
+    p.add_argument("--introspection-cache-ttl", type=float, default=BrokerSettings.introspection_cache_ttl,
+                   metavar="SECONDS",
+                   help="reuse a positive introspection answer this long, never past the token's exp "
+                        "(default %(default)s; 0 asks on every request)")
     p.add_argument("--data-dir", default="broker-data", help="folder of the audit trail (audit.jsonl)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=0, help="port (default: a free one)")
@@ -69,7 +73,8 @@ def run(args: argparse.Namespace, loop: ServerLoop) -> dict[str, Any]:
     settings = BrokerSettings(
         pacs_url=args.pacs.rstrip("/"), ehr_fhir=args.ehr.rstrip("/"), introspection_url=args.introspection,
         client_id=args.client_id, client_secret=secret, patient_identifier=args.patient_identifier,
-        data_dir=data_dir, upstream_timeout=args.upstream_timeout, upstream_authorization=pacs_auth)
+        data_dir=data_dir, upstream_timeout=args.upstream_timeout, upstream_authorization=pacs_auth,
+        introspection_cache_ttl=max(0.0, args.introspection_cache_ttl))
     return serve(loop, settings, reserve(args.host, args.port))
 
 

@@ -28,8 +28,9 @@ class BrokerSettings:
     - ``data_dir``: folder of the audit trail (``audit.jsonl``); None logs only.
     - ``upstream_timeout``: seconds to wait for the PACS to connect / answer / send the next chunk.
     - ``owner_cache_ttl``: seconds a study's PatientID (from QIDO) is reused; ``patient_cache_ttl``: the
-      same for FHIR patient -> PatientID; ``introspection_cache_ttl``: positive introspection answers
-      (0: introspect every request).
+      same for FHIR patient -> PatientID; ``introspection_cache_ttl``: seconds a positive introspection
+      answer is reused, never past the token's ``exp`` (0: introspect every request). A revocation at the
+      EHR is seen at the broker within this TTL plus the introspection service's own.
     - ``upstream_authorization``: an ``Authorization`` header value for the PACS (never the user's).
     - ``mapping_tz``: zone of DICOM StudyDate/StudyTime when the PACS gives no offset.
     - ``max_metadata_bytes``: metadata/QIDO answers are read whole to rewrite URLs; larger ones are 502.
@@ -45,7 +46,7 @@ class BrokerSettings:
     upstream_timeout: float = 30.0
     owner_cache_ttl: float = 30.0
     patient_cache_ttl: float = 300.0
-    introspection_cache_ttl: float = 0.0
+    introspection_cache_ttl: float = 5.0
     upstream_authorization: str | None = None
     mapping_tz: timezone = UTC
     endpoint_id: str = "wado-rs"

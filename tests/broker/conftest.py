@@ -99,7 +99,8 @@ class Stack:
             "pacs_url": pacs_dicomweb, "ehr_fhir": self.ehr_fhir,
             "introspection_url": self.introspection_url, "client_id": BROKER_CLIENT_ID,
             "client_secret": SECRETS[BROKER_CLIENT_ID],
-            "data_dir": self.tmp / f"broker-{len(self.loop.served)}"}
+            "data_dir": self.tmp / f"broker-{len(self.loop.served)}",
+            "introspection_cache_ttl": 1.0}
         options.update(overrides)
         return BrokerSettings(**options)
 

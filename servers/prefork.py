@@ -18,10 +18,12 @@ import contextlib
 import ctypes
 import logging
 import os
+import select
 import signal
 import sys
 import threading
 from collections.abc import Callable
+from typing import Literal
 
 from servers.runtime import Reservation, ServerLoop
 
@@ -34,8 +36,9 @@ _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 def serve_forked(processes: int, reservation: Reservation, worker: Callable[[ServerLoop], None],
                  ready: Callable[[list[int]], None]) -> int:
     """Fork ``processes`` workers that each run ``worker(loop)`` on a fresh :class:`ServerLoop` and serve
-    until SIGTERM or SIGINT; call ``ready(pids)`` in the supervisor once they are forked (the socket is
-    already listening, so connections made from then on wait in its backlog until a worker accepts).
+    until SIGTERM or SIGINT; call ``ready(pids)`` in the supervisor once every worker has built its
+    application and serves (each says so through a pipe). A worker that fails before that stops the
+    server without ``ready`` ever being called.
 
     Returns the supervisor's exit status: 0 after a stop signal, 1 when a worker died first.
     """
@@ -43,18 +46,22 @@ def serve_forked(processes: int, reservation: Reservation, worker: Callable[[Ser
         raise ValueError("processes must be at least 1")
     if not reservation.shared:
         raise ValueError("the reservation must be marked shared (workers then accept one at a time)")
+    started_r, started_w = os.pipe()
     pids: list[int] = []
     for index in range(processes):
         pid = os.fork()
         if pid == 0:  # the worker: never returns
-            _worker_main(index, reservation, worker)
+            os.close(started_r)
+            _worker_main(index, reservation, worker, started_w)
         pids.append(pid)
+    os.close(started_w)
     for sock in reservation.sockets:  # the workers accept; the supervisor holds no connection
         sock.close()
-    return _supervise(pids, ready)
+    return _supervise(pids, ready, started_r)
 
 
-def _worker_main(index: int, reservation: Reservation, worker: Callable[[ServerLoop], None]) -> None:
+def _worker_main(index: int, reservation: Reservation, worker: Callable[[ServerLoop], None],
+                 started: int) -> None:
     status = 1
     try:
         _die_with_parent()
@@ -64,6 +71,8 @@ def _worker_main(index: int, reservation: Reservation, worker: Callable[[ServerL
         loop = ServerLoop().start()
         try:
             worker(loop)
+            os.write(started, b"+")
+            os.close(started)
             log.debug("worker %d (pid %d) serving %s", index, os.getpid(), reservation.url)
             stop.wait()
         finally:
@@ -88,12 +97,18 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def _supervise(pids: list[int], ready: Callable[[list[int]], None]) -> int:
+def _supervise(pids: list[int], ready: Callable[[list[int]], None], started: int) -> int:
     watched = _STOP_SIGNALS | {signal.SIGCHLD}
     signal.pthread_sigmask(signal.SIG_BLOCK, watched)
     alive = set(pids)
     status = 0
     try:
+        outcome = _wait_until_started(alive, started)
+        if outcome == "failed":
+            log.error("a worker process failed while starting; stopping the server")
+            return 1
+        if outcome == "stopped":
+            return 0
         ready(list(pids))
         while alive:
             exited = _reap(alive)
@@ -113,6 +128,28 @@ def _supervise(pids: list[int], ready: Callable[[list[int]], None]) -> int:
                 os.waitpid(pid, 0)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, watched)
     return status
+
+
+def _wait_until_started(alive: set[int], started: int) -> Literal["started", "failed", "stopped"]:
+    """Read one byte per worker from the ``started`` pipe, until all have said they serve, one exits
+    first ("failed"), or a stop signal is pending ("stopped"; signals are blocked here, so they are
+    polled between short waits)."""
+    count = len(alive)
+    try:
+        while count > 0:
+            readable, _, _ = select.select([started], [], [], 0.05)
+            if readable:
+                data = os.read(started, count)
+                if not data:  # every worker closed its end: some exited without saying so
+                    return "failed"
+                count -= len(data)
+            if _reap(alive):
+                return "failed"
+            if signal.sigpending() & _STOP_SIGNALS:
+                return "stopped"
+        return "started"
+    finally:
+        os.close(started)
 
 
 def _reap(alive: set[int]) -> list[int]:

@@ -160,3 +160,18 @@ def test_processes_must_be_positive(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "servers.cli", "pacs", "--processes", "0"], cwd=ROOT,
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, timeout=60)
     assert done.returncode == 2 and b"must be at least 1" in done.stderr
+
+
+def test_a_worker_that_cannot_start_stops_the_server_before_it_announces_itself(tmp_path: Path) -> None:
+    # the workers' writer lock file cannot be opened (a folder has its name): each worker fails while
+    # building its application, after the supervisor has opened the store
+    (tmp_path / "pacs").mkdir()
+    (tmp_path / "pacs" / "write.lock").mkdir()
+    urls_file = tmp_path / "urls.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "servers.cli", "--log-level", "WARNING", "pacs", "--data-dir",
+         str(tmp_path / "pacs"), "--processes", "2", "--urls-file", str(urls_file)],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, timeout=60)
+    assert done.returncode == 1
+    assert not urls_file.exists() and b"pacs_dicomweb" not in done.stdout
+    assert b"failed while starting" in done.stderr

@@ -18,7 +18,9 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from benchmarks.clients import curl_get
+import httpx
+
+from benchmarks.clients import curl_get, httpx_get
 from benchmarks.stats import Figure
 from benchmarks.systems import drop_caches, stop
 
@@ -34,24 +36,36 @@ def ceiling_file(folder: Path, size: int = 1 << 30) -> Path:
     return path
 
 
-def loopback(folder: Path, rounds: int) -> Figure:
+def loopback(folder: Path, rounds: int) -> list[Figure]:
+    """curl, and the benchmark's httpx streaming client, each GETting the 1 GiB file from the sendfile
+    server: the fastest each client reads on this machine, whatever the server (a retrieve with that
+    client cannot be faster)."""
     path = ceiling_file(folder)
     proc = subprocess.Popen([sys.executable, "-m", "benchmarks.ceilings", str(path)], stdout=subprocess.PIPE,
                             text=True)
+    mib = path.stat().st_size >> 20
+    figures = [Figure("ceilings", f"loopback: curl GET of {mib} MiB from a sendfile server", "MB/s", "curl",
+                      "", None),
+               Figure("ceilings", f"httpx client ceiling: httpx streaming GET of {mib} MiB from the same "
+                      "server", "MB/s", "httpx", "", None)]
     try:
         assert proc.stdout is not None
         port = int(proc.stdout.readline())
         url = f"http://127.0.0.1:{port}/"
-        curl_get(url, "*/*")
-        fig = Figure("ceilings", f"loopback: curl GET of {path.stat().st_size >> 20} MiB from a sendfile "
-                     "server", "MB/s", "curl", "", None)
-        for _ in range(rounds):
-            size, seconds = curl_get(url, "*/*")
-            fig.ours.append(size / seconds / 1e6)
+        with httpx.Client(timeout=300) as client:
+            getters = [lambda: curl_get(url, "*/*"), lambda: httpx_get(client, url, "*/*")]
+            for get in getters:
+                get()  # warm
+            pairs = list(zip(figures, getters, strict=True))
+            for n in range(rounds):
+                for fig, get in (pairs if n % 2 == 0 else pairs[::-1]):  # ABBA
+                    size, seconds = get()
+                    fig.ours.append(size / seconds / 1e6)
     finally:
         stop(proc)  # type: ignore[arg-type]
-    print(f"  {fig.name}: {fig.value(fig.ours):.0f} MB/s")
-    return fig
+    for fig in figures:
+        print(f"  {fig.name}: {fig.value(fig.ours):.0f} MB/s")
+    return figures
 
 
 def read_all(files: Iterable[Path]) -> float:

@@ -56,6 +56,8 @@ def _num(x: float) -> str:
 
 def markdown(figures: list[Figure], info: dict[str, Any]) -> str:
     ceiling = next((f.value(f.ours) for f in figures if f.name.startswith("loopback")), float("nan"))
+    httpx_ceiling = next((f.value(f.ours) for f in figures if f.name.startswith("httpx client ceiling")),
+                         float("nan"))
     m, v = info["machine"], info["versions"]
     lines = [
         f"Run of {info['finished']} UTC; data set {info['data_set']}.",
@@ -64,15 +66,17 @@ def markdown(figures: list[Figure], info: dict[str, Any]) -> str:
         f"dicomweb-client {v['dicomweb-client']}; curl {v['curl']}; Python {v['python']}.",
         f"Each value is the {info['rounds']}-repeat statistic named in the figure (median unless p50/p95; "
         "peak memory: max); systems interleaved ABBA. Ratio = ours / baseline. "
-        "\"of loopback\" = ours / the loopback ceiling.",
+        "\"of limit\" = ours / the loopback ceiling of the same client (curl's; httpx's for httpx rows).",
         "",
-        "| group | figure | unit | ours | baseline | ratio | target | met? | of loopback |",
+        "| group | figure | unit | ours | baseline | ratio | target | met? | of limit |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for f in figures:
         ours, base = f.value(f.ours), f.value(f.baseline)
         met = {True: "yes", False: "**NO**", None: ""}[f.met]
-        share = f"{ours / ceiling:.0%}" if f.unit == "MB/s" and f.group != "ceilings" and ceiling else ""
+        limit = httpx_ceiling if "httpx" in f.name else ceiling
+        shown = f.unit == "MB/s" and f.group != "ceilings" and not math.isnan(limit)
+        share = f"{ours / limit:.0%}" if shown else ""
         name = f.name + (f" ({f.note})" if f.note else "")
         lines.append(f"| {f.group} | {name} | {f.unit} | {_num(ours)} {f.ours_label} | "
                      f"{_num(base) + ' ' + f.baseline_label if f.baseline else ''} | "

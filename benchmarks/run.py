@@ -81,7 +81,7 @@ def main() -> None:
     try:
         if "ceilings" in groups:
             print("ceilings")
-            figures.append(ceilings.loopback(args.cache, rounds))
+            figures += ceilings.loopback(args.cache, rounds)
             figures += ceilings.disk(list(ds.files(study)), few)
         print("loading the same files into both PACSes")
         with stopwatch() as t_pacs:

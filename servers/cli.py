@@ -19,7 +19,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from servers.runtime import ServerLoop
+from servers.runtime import ServerLoop, StartupError
 
 #: role name -> module with add_arguments(parser) and run(args, loop)
 ROLES: dict[str, str] = {
@@ -77,6 +77,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    try:
+        return serve(args)
+    except (StartupError, OSError) as exc:  # a port in use, a data folder in use, ...
+        log.debug("start-up failed", exc_info=True)
+        log.error("cannot start %s: %s", args.role, exc)
+        return 1
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Run the role ``args`` names until SIGINT or SIGTERM."""
     if getattr(args, "processes", 1) > 1:  # before any thread exists: the role forks its workers
         return int(args._module.run_forked(args, lambda urls: announce(args, urls)))
     loop = ServerLoop().start()

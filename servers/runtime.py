@@ -25,6 +25,11 @@ T = TypeVar("T")
 CLEANUP_KEY = "s4s_cleanup"
 
 
+class StartupError(RuntimeError):
+    """A server cannot start for a reason its user can fix (a data folder in use, a bad setting); the
+    CLI prints the message alone, without a traceback."""
+
+
 @dataclass
 class Reservation:
     """Listening sockets bound before their application exists."""

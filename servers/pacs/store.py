@@ -44,6 +44,7 @@ from pydicom.datadict import tag_for_keyword
 from s4s_jupyter.core.errors import DICOMwebError
 from servers.pacs.jsonmodel import to_json
 from servers.pacs.validation import CheckedInstance, check_part10
+from servers.runtime import StartupError
 
 #: stands for the service's base URL inside stored JSON (a private-use character no DICOM value holds);
 #: replaced by the real base URL when an answer is written, so the data folder can move between hosts.
@@ -131,7 +132,7 @@ INSTANCE_KEYWORDS = (
 )
 
 
-class StoreInUse(RuntimeError):
+class StoreInUse(StartupError):
     """Another open store (in this or another process) holds the data folder."""
 
 

@@ -175,3 +175,28 @@ def test_a_worker_that_cannot_start_stops_the_server_before_it_announces_itself(
     assert done.returncode == 1
     assert not urls_file.exists() and b"pacs_dicomweb" not in done.stdout
     assert b"failed while starting" in done.stderr
+
+
+def test_start_up_failures_are_one_clear_line_and_status_1(tmp_path: Path) -> None:
+    """A port in use and a data folder in use (by a store of this process) are refused with a message,
+    not a traceback, in both the single-process and the pre-forked mode."""
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    held = Store(tmp_path / "held")
+    try:
+        cases = [(["--port", str(taken.getsockname()[1]), "--data-dir", str(tmp_path / "free")],
+                  b"Address already in use"),
+                 (["--data-dir", str(tmp_path / "held")], b"is in use by another store")]
+        for extra, message in cases:
+            for processes in ("1", "2"):
+                done = subprocess.run(
+                    [sys.executable, "-m", "servers.cli", "pacs", "--processes", processes, *extra],
+                    cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, timeout=60)
+                assert done.returncode == 1, done.stderr
+                assert message in done.stderr and b"Traceback" not in done.stderr, done.stderr
+    finally:
+        held.close()
+        taken.close()

@@ -879,8 +879,7 @@ class Retriever:
                     part.abort()
                 raise
 
-    def _execute(self, run: _Run, targets: Sequence[SeriesTarget], units: Sequence[_Unit]) -> dict[
-            tuple[str, str], str]:
+    def _execute(self, run: _Run, units: Sequence[_Unit]) -> dict[tuple[str, str], str]:
         """Run the units in parallel; return errors by (study, series)."""
         errors: dict[tuple[str, str], str] = {}
         hosts = {urlsplit(u.url).netloc for u in units}
@@ -914,18 +913,57 @@ class Retriever:
 
         ``progress``: the tqdm bars. ``on_progress``: called with a :class:`RetrievalProgress` once at the
         start and after every instance (from the download threads, one call at a time; an exception it
-        raises stops the retrieval). ``checksum``: what the manifest and the sidecar record per file,
+        raises stops the retrieval; its ``instances_total`` is None until the instance lists of series
+        not listed in advance came: a series with nothing recorded before is fetched while its list is
+        asked for). ``checksum``: what the manifest and the sidecar record per file,
         ``crc32`` (enough to find a damaged or cut file when resuming, and cheap) or ``sha256`` (a
         cryptographic digest, for provenance; about 0.05 s more CPU per 100 MB)."""
         if checksum not in CHECKSUMS:
             raise ValueError(f"checksum must be one of {', '.join(CHECKSUMS)}")
         root = Path(directory)
-        targets = self.resolve(targets)
-        expected = {t: (t.expected() or ())[:1] if first_only else (t.expected() or ()) for t in targets}
-        run = _Run(root, _Progress(progress, sum(len(v) for v in expected.values()), "instances",
-                                   on_progress), checksum)
+        previous = _read_sidecar(root)
+        # a series of which nothing was recorded before has nothing to resume: it is fetched whole while
+        # its instance list is asked for (QIDO-RS), as in load(); the list is needed only for the manifest
+        started = {rec.get("series_uid") for rec in previous.values()}
+        early = [] if None in started else [t for t in dict.fromkeys(targets) if t.series_uid not in started
+                                            and self._fetch_while_listing(t, first_only)]
+        later = [t for t in dict.fromkeys(targets) if t not in set(early)]
+        listing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s4s-list") if early else None
+        listed = listing.submit(self.resolve, early) if listing is not None else None
         try:
-            previous = _read_sidecar(root)
+            resolved = dict(zip(later, self.resolve(later), strict=True))
+            expected = {t: (t.expected() or ())[:1] if first_only else (t.expected() or ())
+                        for t in resolved.values()}
+            count = sum(len(v) for v in expected.values())
+            run = _Run(root, _Progress(progress, None if early else count, "instances", on_progress),
+                       checksum)
+            if listed is not None:
+                def total(f: Future[list[SeriesTarget]]) -> None:
+                    if f.exception() is None:
+                        run.progress.set_total(count + sum(len(t.expected() or ()) for t in f.result()))
+                listed.add_done_callback(total)
+            errors = self._download(run, previous, expected, first_only, early)
+            if listed is not None:
+                resolved.update(zip(early, listed.result(), strict=True))
+        finally:
+            if listing is not None:
+                listing.shutdown(wait=True, cancel_futures=True)
+        expected = {t: (t.expected() or ())[:1] if first_only else (t.expected() or ())
+                    for t in (resolved[t] for t in dict.fromkeys(targets))}
+        return _manifest(run, expected, errors)
+
+    def _fetch_while_listing(self, target: SeriesTarget, first_only: bool) -> bool:
+        """Whether ``target`` is fetched as a whole series while its instance list is asked for."""
+        return target.instances is None and target.only is None and not first_only and not self.split_series
+
+    def _download(self, run: _Run, previous: Mapping[str, Mapping[str, Any]],
+                  expected: Mapping[SeriesTarget, Sequence[InstanceInfo]], first_only: bool,
+                  early: Sequence[SeriesTarget]) -> dict[tuple[str, str], str]:
+        """Skip what an earlier call completed and verified, then fetch the rest (``expected``: series
+        with known instance lists; ``early``: whole series whose lists are still being asked for)."""
+        root = run.directory
+        assert root is not None
+        try:
             swept: set[str] = set()
             for t, infos in expected.items():
                 for info in infos:
@@ -939,11 +977,10 @@ class Retriever:
                     if row is not None:
                         run.records[info.sop_uid] = row
                         run.progress.add_instances(1, info.sop_uid)
-            units = self._units(targets, first_only, run.done)
-            errors = self._execute(run, targets, units)
+            units = [*self._units(list(expected), first_only, run.done), *map(_Unit, early)]
+            return self._execute(run, units)
         finally:
             run.close()
-        return _manifest(run, expected, errors)
 
     def load(self, targets: Sequence[SeriesTarget], *, first_only: bool = False,
              progress: bool = True, on_progress: ProgressCallback | None = None) -> list[Dataset]:
@@ -957,8 +994,7 @@ class Retriever:
         # whole series whose instance lists are not known yet are fetched while their lists are asked
         # for (QIDO-RS): the lists are needed only at the end, to check that every instance came. Before,
         # the QIDO-RS round trips came first (about 10% of a 105 MB study's time, issue 5).
-        early = list(dict.fromkeys(t for t in targets if t.instances is None and t.only is None
-                                   and not first_only and not self.split_series))
+        early = [t for t in dict.fromkeys(targets) if self._fetch_while_listing(t, first_only)]
         later = [t for t in dict.fromkeys(targets) if t not in set(early)]
         listing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s4s-list") if early else None
         listed = listing.submit(self.resolve, early) if listing is not None else None
@@ -974,7 +1010,7 @@ class Retriever:
                 listed.add_done_callback(total)
             try:
                 units = [*self._units(list(resolved.values()), first_only, run.done), *map(_Unit, early)]
-                errors = self._execute(run, targets, units)
+                errors = self._execute(run, units)
                 if listed is not None:
                     resolved.update(zip(early, listed.result(), strict=True))
             finally:

@@ -13,13 +13,11 @@ import argparse
 import importlib
 import json
 import logging
-import signal
 import sys
-import threading
 from collections.abc import Sequence
 from typing import Any
 
-from servers.runtime import ServerLoop, StartupError
+from servers.runtime import ServerLoop, StartupError, StopSignals
 
 #: role name -> module with add_arguments(parser) and run(args, loop)
 ROLES: dict[str, str] = {
@@ -89,10 +87,8 @@ def serve(args: argparse.Namespace) -> int:
     """Run the role ``args`` names until SIGINT or SIGTERM."""
     if getattr(args, "processes", 1) > 1:  # before any thread exists: the role forks its workers
         return int(args._module.run_forked(args, lambda urls: announce(args, urls)))
+    stop = StopSignals()
     loop = ServerLoop().start()
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     try:
         announce(args, args._module.run(args, loop))
         stop.wait()

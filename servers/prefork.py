@@ -21,16 +21,14 @@ import os
 import select
 import signal
 import sys
-import threading
 from collections.abc import Callable
 from typing import Literal
 
-from servers.runtime import Reservation, ServerLoop
+from servers.runtime import STOP_SIGNALS, Reservation, ServerLoop, StopSignals
 
 log = logging.getLogger("s4s.servers.prefork")
 
 _PR_SET_PDEATHSIG = 1
-_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 def serve_forked(processes: int, reservation: Reservation, worker: Callable[[ServerLoop], None],
@@ -65,9 +63,7 @@ def _worker_main(index: int, reservation: Reservation, worker: Callable[[ServerL
     status = 1
     try:
         _die_with_parent()
-        stop = threading.Event()
-        for sig in _STOP_SIGNALS:
-            signal.signal(sig, lambda *_: stop.set())
+        stop = StopSignals()
         loop = ServerLoop().start()
         try:
             worker(loop)
@@ -98,7 +94,7 @@ def _die_with_parent() -> None:
 
 
 def _supervise(pids: list[int], ready: Callable[[list[int]], None], started: int) -> int:
-    watched = _STOP_SIGNALS | {signal.SIGCHLD}
+    watched = STOP_SIGNALS | {signal.SIGCHLD}
     signal.pthread_sigmask(signal.SIG_BLOCK, watched)
     alive = set(pids)
     status = 0
@@ -117,7 +113,7 @@ def _supervise(pids: list[int], ready: Callable[[list[int]], None], started: int
                 status = 1
                 break
             info = signal.sigwaitinfo(watched)
-            if info.si_signo in _STOP_SIGNALS:
+            if info.si_signo in STOP_SIGNALS:
                 break
     finally:
         for pid in alive:
@@ -126,7 +122,8 @@ def _supervise(pids: list[int], ready: Callable[[list[int]], None], started: int
         for pid in list(alive):
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, watched)
+    # the signals stay blocked: the caller exits with ``status``, and a second SIGTERM still pending
+    # (``pkill`` and a service manager both sending one) must not kill it on the way out
     return status
 
 
@@ -145,7 +142,7 @@ def _wait_until_started(alive: set[int], started: int) -> Literal["started", "fa
                 count -= len(data)
             if _reap(alive):
                 return "failed"
-            if signal.sigpending() & _STOP_SIGNALS:
+            if signal.sigpending() & STOP_SIGNALS:
                 return "stopped"
         return "started"
     finally:

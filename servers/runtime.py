@@ -8,6 +8,9 @@ from the start. The CLI and the test fixtures both use it, so tests run the serv
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 import socket
 import threading
 from collections.abc import Awaitable, Callable
@@ -23,6 +26,35 @@ T = TypeVar("T")
 
 #: settings key of an Application: callables run (in order) when the server stops.
 CLEANUP_KEY = "s4s_cleanup"
+
+
+#: the signals that stop a server (Ctrl-C, ``kill``)
+STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
+
+
+class StopSignals:
+    """SIGINT and SIGTERM, waited for by the main thread: ``StopSignals().wait()``.
+
+    The handlers only write a byte to a pipe that :meth:`wait` reads. A handler that set a
+    ``threading.Event`` deadlocked when a second signal landed while the first handler held the Event's
+    lock (seen: ``pkill`` and the supervisor's SIGTERM arriving together left a PACS worker hanging);
+    blocking the signals instead would pass the blocked mask on to child processes (JupyterLab).
+    Install from the main thread (Python's rule for signal handlers).
+    """
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe()  # not inherited by child processes (O_CLOEXEC)
+        os.set_blocking(self._write, False)
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        with contextlib.suppress(OSError):  # the pipe is full: a stop is already pending
+            os.write(self._write, b"!")
+
+    def wait(self) -> None:
+        """Block until SIGINT or SIGTERM has arrived (at any time since construction)."""
+        os.read(self._read, 1)
 
 
 class StartupError(RuntimeError):

@@ -40,6 +40,7 @@ class Running:
 
 
 def start(tmp_path: Path, processes: int) -> Running:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     urls_file = tmp_path / "urls.json"
     log = tmp_path / "pacs.log"
     with log.open("wb") as log_file:
@@ -200,3 +201,20 @@ def test_start_up_failures_are_one_clear_line_and_status_1(tmp_path: Path) -> No
     finally:
         held.close()
         taken.close()
+
+
+def test_signals_to_every_process_at_once_stop_them_all(tmp_path: Path) -> None:
+    """As ``pkill -f`` does: SIGTERM to the supervisor and to each worker together, twice, while the
+    supervisor forwards its own. A worker whose handler was interrupted by the next signal once hung
+    (a signal handler setting a threading.Event)."""
+    for round_ in range(3):
+        running = start(tmp_path / str(round_), 2)
+        pids = [running.proc.pid, *running.workers()]
+        for _ in range(2):
+            for pid in pids:
+                os.kill(pid, signal.SIGTERM)
+        assert running.proc.wait(timeout=30) == 0
+        deadline = time.monotonic() + 10
+        while any(Path(f"/proc/{pid}").exists() for pid in pids[1:]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(Path(f"/proc/{pid}").exists() for pid in pids[1:])

@@ -88,10 +88,10 @@ def accept_one_per_wakeup(server: HTTPServer, sockets: list[socket.socket]) -> N
     """Serve ``sockets`` with ``server``, accepting one connection each time a socket is readable.
 
     Tornado's own accept handler takes every queued connection at once (up to 128). When worker
-    processes share a listening socket, all of them wake for a new connection; whichever runs first
-    takes the whole queue, so a burst of four clients landed on one of two workers and STOW-RS with four
-    connections gained nothing from the second process. Taking one at a time, the next connection goes
-    to the worker that is free to pick it up first: the busy one loses the race. Must run on the loop.
+    processes share a listening socket, all of them wake for a new connection, and whichever runs first
+    would take the whole queue: a burst of clients could land on one worker. Taking one at a time, the
+    next connection goes to the worker that is free to pick it up first, and a busy one loses the race
+    (connections made while every worker is idle still fall at random). Must run on the loop.
 
     Uses two attributes of Tornado's ``TCPServer`` (``_sockets``, ``_handlers``, so that ``stop()``
     closes these sockets too) and its ``_handle_connection``, stable since Tornado 4.

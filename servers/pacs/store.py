@@ -241,8 +241,9 @@ class Store:
         self._io = ThreadPoolExecutor(4, thread_name_prefix="s4s-pacs-io")
         self._lock_file: BinaryIO | None = None
         #: the writer lock of worker processes sharing the folder (see _writer_across_processes)
-        self._writer_file: BinaryIO | None = open(self.data_dir / "write.lock", "a+b") if shared else None  # noqa: SIM115
+        self._writer_file: BinaryIO | None = None
         if shared:
+            self._writer_file = open(self.data_dir / "write.lock", "a+b")  # noqa: SIM115 (closed in close)
             self.db  # noqa: B018 (opens this thread's connection: fails early on a bad folder)
         else:
             self._open()

@@ -45,14 +45,23 @@ def to_json(ds: Dataset, bulk_uri: Callable[[str], str], threshold: int, path: s
     for tag in tags:
         key = f"{tag:08X}"
         elem_path = path + key
-        raw = ds.get_item(tag)
+        raw = ds.get_item(tag, keep_deferred=True)
         try:
+            if isinstance(raw, RawDataElement) and raw.value is None and _is_bulk(raw, threshold):
+                out[key] = {"vr": _vr(raw), "BulkDataURI": bulk_uri(elem_path)}  # left unread by the check
+                continue
             if charset is None or not isinstance(raw, RawDataElement):
                 raise _Fallback
             out[key] = _raw_to_json(ds, raw, charset, bulk_uri, threshold, elem_path)
         except _Fallback:
             out[key] = _pydicom_json(ds, tag, bulk_uri, threshold, elem_path, charset)
     return out
+
+
+def _is_bulk(raw: RawDataElement, threshold: int) -> bool:
+    """A binary value of a known (explicit) VR whose length alone makes it a BulkDataURI."""
+    return (raw.VR in _BINARY and raw.length != 0xFFFFFFFF  # 0xFFFFFFFF: undefined length
+            and raw.length > (threshold // 4) * 3)
 
 
 def _charset(ds: Dataset, inherited: str | None) -> str | None:

@@ -108,6 +108,8 @@ def _supervise(pids: list[int], ready: Callable[[list[int]], None], started: int
         ready(list(pids))
         while alive:
             exited = _reap(alive)
+            if exited and signal.sigpending() & STOP_SIGNALS:
+                break  # a stop signal for the whole group (Ctrl-C, a service manager): a clean stop
             if exited:
                 log.error("worker process %s exited; stopping the server", ", ".join(map(str, exited)))
                 status = 1
@@ -140,10 +142,10 @@ def _wait_until_started(alive: set[int], started: int) -> Literal["started", "fa
                 if not data:  # every worker closed its end: some exited without saying so
                     return "failed"
                 count -= len(data)
-            if _reap(alive):
-                return "failed"
             if signal.sigpending() & STOP_SIGNALS:
                 return "stopped"
+            if _reap(alive):
+                return "stopped" if signal.sigpending() & STOP_SIGNALS else "failed"
         return "started"
     finally:
         os.close(started)

@@ -101,10 +101,14 @@ def check_part10(data: bytes) -> CheckedInstance:
         raise InvalidInstance("not a DICOM Part 10 file (no 128-byte preamble followed by 'DICM')")
     # deferring is for native Pixel Data with explicit VRs; pydicom converts a deferred-mode read of
     # encapsulated Pixel Data into an element without its position, and a deflated file's positions
-    # are in the inflated stream
-    native = _meta_transfer_syntax(data) in NATIVE_EXPLICIT
+    # are in the inflated stream. The choice is made from the meta group's bytes and must agree with
+    # the transfer syntax pydicom then used: a meta group naming two (a duplicated (0002,0010)) or one
+    # the small reader misreads is read again in full, so the checks below see every byte
+    syntax = _meta_transfer_syntax(data)
     try:
-        ds = dcmread(io.BytesIO(data), defer_size=DEFER_BYTES if native else None)
+        ds = dcmread(io.BytesIO(data), defer_size=DEFER_BYTES if syntax in NATIVE_EXPLICIT else None)
+        if syntax in NATIVE_EXPLICIT and _raw_text(ds.file_meta, "TransferSyntaxUID") != syntax:
+            ds = dcmread(io.BytesIO(data))
     except InvalidDicomError as exc:
         raise InvalidInstance(f"not a DICOM Part 10 file: {exc}") from exc
     except Exception as exc:  # pydicom raises many types for garbage
@@ -118,6 +122,11 @@ def check_part10(data: bytes) -> CheckedInstance:
         raise InvalidInstance(f"unreadable DICOM file: {type(exc).__name__}: {exc}") from exc
 
 
+#: explicit VRs with a 4-byte length field (PS3.5 7.1.2)
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT",
+                       b"UV"})
+
+
 def _meta_transfer_syntax(data: bytes) -> str | None:
     """The Transfer Syntax UID of a Part 10 file's meta group (always Explicit VR Little Endian, PS3.10
     7.1), read from the bytes: pydicom has no call for this one value short of parsing the group into a
@@ -127,7 +136,7 @@ def _meta_transfer_syntax(data: bytes) -> str | None:
         group, element = struct.unpack_from("<HH", data, pos)
         if group != 0x0002:
             return None
-        if data[pos + 4:pos + 6] in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN"):
+        if data[pos + 4:pos + 6] in _LONG_VRS:
             if pos + 12 > len(data):
                 return None
             length, value_at = struct.unpack_from("<I", data, pos + 8)[0], pos + 12

@@ -113,6 +113,50 @@ def test_pixel_data_shorter_than_rows_by_columns_is_refused(pacs: PACS, plan_fil
     assert "Pixel Data holds" in r.headers["warning"]
 
 
+def test_a_meta_group_naming_two_transfer_syntaxes_cannot_hide_truncated_pixel_data(
+        pacs: PACS, plan_files: dict[str, bytes]) -> None:
+    """The check leaves native Pixel Data unread when the meta group names an explicit VR syntax. A
+    crafted file names Explicit VR Little Endian first and Deflated second (pydicom keeps the last):
+    its inflated dataset declares full Pixel Data but holds half, and zero padding makes the file long
+    enough for the declared length. It must be refused as a truncated file, as without deferral."""
+    import struct
+    import zlib
+
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset, write_file_meta_info
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    from servers.pacs.validation import DEFER_BYTES
+
+    _, data = _first(plan_files)
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.Rows = ds.Columns = 256  # Pixel Data over the size the check leaves unread (DEFER_BYTES)
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.SamplesPerPixel = 16, 16, 15, 1
+    ds.PixelData = bytes(range(256)) * 512
+    assert len(ds.PixelData) > DEFER_BYTES
+    body = DicomBytesIO()
+    body.is_little_endian, body.is_implicit_VR = True, False
+    write_dataset(body, ds)
+    inflated = body.getvalue()[:-len(ds.PixelData) // 2]  # the dataset stops halfway through its pixels
+    packer = zlib.compressobj(wbits=-15)
+    deflated = packer.compress(inflated) + packer.flush()
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    meta = DicomBytesIO()
+    meta.is_little_endian, meta.is_implicit_VR = True, False
+    write_file_meta_info(meta, ds.file_meta, enforce_standard=True)
+    group = meta.getvalue()
+    uid = b"1.2.840.10008.1.2.1\0"
+    first = struct.pack("<HH2sH", 0x0002, 0x0010, b"UI", len(uid)) + uid
+    at = group.index(struct.pack("<HH", 0x0002, 0x0010))
+    length = struct.unpack_from("<I", group, 8)[0] + len(first)
+    group = group[:8] + struct.pack("<I", length) + group[12:at] + first + group[at:]
+    crafted = b"\0" * 128 + b"DICM" + group + deflated + b"\0" * len(ds.PixelData)
+    r = pacs.stow([crafted])
+    assert r.status_code == 400, r.text
+    assert "truncated" in r.headers["warning"]
+    assert pacs.store.count_instances() == 0
+
+
 def test_invalid_uids_are_refused(pacs: PACS, plan_files: dict[str, bytes]) -> None:
     uid, data = _first(plan_files)
     bad = uid[:-3] + ".0" + uid[-1]  # a component with a leading zero (PS3.5 9.1), same length

@@ -915,9 +915,10 @@ class Retriever:
         start and after every instance (from the download threads, one call at a time; an exception it
         raises stops the retrieval; its ``instances_total`` is None until the instance lists of series
         not listed in advance came: a series with nothing recorded before is fetched while its list is
-        asked for). ``checksum``: what the manifest and the sidecar record per file,
-        ``crc32`` (enough to find a damaged or cut file when resuming, and cheap) or ``sha256`` (a
-        cryptographic digest, for provenance; about 0.05 s more CPU per 100 MB)."""
+        asked for, and if asking for that list fails the call raises after the series was written; the
+        sidecar has its files, so a second call resumes). ``checksum``: what the manifest and the
+        sidecar record per file, ``crc32`` (enough to find a damaged or cut file when resuming, and
+        cheap) or ``sha256`` (a cryptographic digest, for provenance; about 0.05 s more CPU per 100 MB)."""
         if checksum not in CHECKSUMS:
             raise ValueError(f"checksum must be one of {', '.join(CHECKSUMS)}")
         root = Path(directory)

@@ -29,6 +29,7 @@ from urllib.parse import urlencode
 import ipywidgets as w
 
 from s4s_jupyter.client.tokens import TokenSet
+from s4s_jupyter.widgets.common import error_html, error_message, run_in_background
 
 if TYPE_CHECKING:
     from s4s_jupyter.client.launch import Browser
@@ -130,7 +131,7 @@ class LoginWidget(w.VBox):
                 name = names[0].get("text") or " ".join(
                     [*names[0].get("given", []), names[0].get("family", "")]).strip()
             except Exception as exc:  # shown in the widget, not lost in a log
-                self.show_error(f"could not read Patient/{patient}: {getattr(exc, 'message', exc)}")
+                self.show_error(f"could not read Patient/{patient}: {error_message(exc)}")
                 name = ""
             self._patient_names[patient] = name
         return self._patient_names[patient]
@@ -160,7 +161,7 @@ class LoginWidget(w.VBox):
         self.logout_button.disabled = False
 
     def show_error(self, text: str) -> None:
-        self.message.value = f"<span class='s4s-error' style='color:#a40e26'>{escape(text)}</span>"
+        self.message.value = error_html(text)
 
     # -- the shared token store ----------------------------------------------------------------
 
@@ -206,25 +207,18 @@ class LoginWidget(w.VBox):
             return None
         if self.pending is not None and not self.pending.done():
             return self.pending
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self.pending = future
-        self.login_button.disabled = True
 
-        def run() -> None:
-            try:
-                tokens = self.session.login(browser=self.browser or self._show_authorize_link,
-                                            timeout=self.login_timeout)
-                self.link.value = ""
-                self.render()
-                future.set_result(tokens)
-            except Exception as exc:
-                self.show_error(f"sign-in failed: {getattr(exc, 'message', None) or exc}")
-                future.set_exception(exc)
-            finally:
-                self.login_button.disabled = False
+        def login() -> TokenSet:
+            tokens = self.session.login(browser=self.browser or self._show_authorize_link,
+                                        timeout=self.login_timeout)
+            self.link.value = ""
+            self.render()
+            return tokens
 
-        threading.Thread(target=run, daemon=True, name="s4s-login").start()
-        return future
+        self.pending = run_in_background(
+            "s4s-login", self.login_button, login,
+            lambda exc: self.show_error(f"sign-in failed: {error_message(exc)}"))
+        return self.pending
 
     def _show_authorize_link(self, url: str) -> None:
         self.link.value = (f'<a class="s4s-authorize-link" href="{escape(url)}" target="_blank" '
@@ -236,7 +230,7 @@ class LoginWidget(w.VBox):
         try:
             self.session.logout()
         except Exception as exc:
-            self.show_error(f"sign-out: the revocation at the EHR failed ({getattr(exc, 'message', exc)}); "
+            self.show_error(f"sign-out: the revocation at the EHR failed ({error_message(exc)}); "
                             "the tokens were forgotten here")
         with self._lock:
             self._stamp = self._store_stamp()

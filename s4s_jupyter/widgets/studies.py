@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import io
-import threading
 from datetime import date
 from html import escape
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as w
+
+from s4s_jupyter.widgets.common import error_html, error_message, run_in_background
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -29,10 +30,6 @@ if TYPE_CHECKING:
 MODALITIES = ["CT", "MR", "CR", "DX", "US", "MG", "PT", "NM", "XA", "RF", "SM"]
 TABLE_COLUMNS = ["started", "modalities", "description", "number_of_series", "number_of_instances",
                  "accession", "study_uid"]
-
-
-def _message(exc: BaseException) -> str:
-    return str(getattr(exc, "message", None) or exc)
 
 
 class StudyBrowser(w.VBox):
@@ -80,7 +77,7 @@ class StudyBrowser(w.VBox):
         self.add_class("s4s-study-browser")
 
     def show_error(self, text: str) -> None:
-        self.message.value = f"<span class='s4s-error' style='color:#a40e26'>{escape(text)}</span>"
+        self.message.value = error_html(text)
 
     # -- search --------------------------------------------------------------------------------
 
@@ -95,7 +92,7 @@ class StudyBrowser(w.VBox):
             studies = self.session.imaging_studies(since=since, until=until,
                                                    modality=self.modality.value or None)
         except Exception as exc:
-            self.show_error(f"search failed: {_message(exc)}")
+            self.show_error(f"search failed: {error_message(exc)}")
             return None
         text = self.description.value.strip()
         if text:
@@ -130,7 +127,7 @@ class StudyBrowser(w.VBox):
         try:
             self.series = self.session.series(chosen)
         except Exception as exc:
-            self.show_error(f"series: {_message(exc)}")
+            self.show_error(f"series: {error_message(exc)}")
             return
         self.series_select.value = ()
         self.series_select.options = [
@@ -166,9 +163,6 @@ class StudyBrowser(w.VBox):
         self.progress.max = max(total, 1)
         self.progress.value = 0
         self.progress_label.value = f"0 / {total} instances"
-        future: concurrent.futures.Future[list[Dataset]] = concurrent.futures.Future()
-        self.pending = future
-        self.pull_button.disabled = True
         done = [0]
 
         def show(p: RetrievalProgress) -> None:  # after every instance, from the retrieval's threads
@@ -177,24 +171,19 @@ class StudyBrowser(w.VBox):
             self.progress_label.value = (f"<span class='s4s-pulled' data-count='{p.instances_done}'>"
                                          f"{p.instances_done} / {total} instances</span>")
 
-        def run() -> None:
-            pulled: list[Dataset] = []
-            try:
-                pulled = self.session.retrieve(selection, first_only=self.first_only, progress=False,
-                                               on_progress=show)
-                self.datasets = pulled
-                self.progress_label.value = (
-                    f"<span class='s4s-pulled s4s-done' data-count='{len(pulled)}'>pulled {len(pulled)} "
-                    f"instances of {len(selection)} series</span>")
-                future.set_result(pulled)
-            except Exception as exc:
-                self.show_error(f"pull failed after {done[0]} instances: {_message(exc)}")
-                future.set_exception(exc)
-            finally:
-                self.pull_button.disabled = False
+        def pull() -> list[Dataset]:
+            pulled = self.session.retrieve(selection, first_only=self.first_only, progress=False,
+                                           on_progress=show)
+            self.datasets = pulled
+            self.progress_label.value = (
+                f"<span class='s4s-pulled s4s-done' data-count='{len(pulled)}'>pulled {len(pulled)} "
+                f"instances of {len(selection)} series</span>")
+            return pulled
 
-        threading.Thread(target=run, daemon=True, name="s4s-pull").start()
-        return future
+        self.pending = run_in_background(
+            "s4s-pull", self.pull_button, pull,
+            lambda exc: self.show_error(f"pull failed after {done[0]} instances: {error_message(exc)}"))
+        return self.pending
 
     def show_thumbnails(self) -> int:
         """Rendered thumbnails of the first instance of each selected series; returns how many."""
@@ -206,7 +195,7 @@ class StudyBrowser(w.VBox):
         try:
             frame = self.session.thumbnails(selection, size=self.thumbnail_size)
         except Exception as exc:
-            self.show_error(f"thumbnails failed: {_message(exc)}")
+            self.show_error(f"thumbnails failed: {error_message(exc)}")
             return 0
         images = []
         for row in frame.to_dict("records"):

@@ -179,11 +179,7 @@ def main() -> None:
                   f"(+{(slow_peak - idle_rss) / 2**20:.0f} MiB over idle)")
     finally:
         for p in procs:
-            p.terminate()
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+            stop(p)
         loop.stop()
 
 

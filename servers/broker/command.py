@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from servers.broker.app import make_app
 from servers.broker.settings import BrokerSettings
+from servers.client_secret import add_client_secret_arguments, client_secret
 from servers.ehr.oauth.clients import BROKER_CLIENT_ID, demo_client
 from servers.runtime import Reservation, ServerLoop, reserve
 
@@ -30,10 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ehr", required=True, metavar="URL", help="the EHR's FHIR base (e.g. http://host/fhir)")
     p.add_argument("--client-id", default=BROKER_CLIENT_ID,
                    help="the broker's confidential client at the EHR")
-    p.add_argument("--client-secret", help=f"the client secret (visible to other local users in the "
-                   f"process list: prefer --client-secret-file or {SECRET_ENV})")
-    p.add_argument("--client-secret-file", metavar="FILE",
-                   help=f"file holding the client secret (or set {SECRET_ENV})")
+    add_client_secret_arguments(p, SECRET_ENV)
     p.add_argument("--patient-identifier", default=BrokerSettings.patient_identifier,
                    help="which Patient.identifier is the DICOM PatientID: 'type:SYSTEM|CODE' or 'system:URI' "
                         "(default the v2-0203 MR type)")
@@ -64,8 +61,7 @@ def serve(loop: ServerLoop, settings: BrokerSettings, reservation: Reservation) 
 
 
 def run(args: argparse.Namespace, loop: ServerLoop) -> dict[str, Any]:
-    secret = args.client_secret or (Path(args.client_secret_file).read_text().strip()
-                                    if args.client_secret_file else os.environ.get(SECRET_ENV, ""))
+    secret = client_secret(args, SECRET_ENV)
     pacs_auth = (Path(args.pacs_authorization_file).read_text().strip()
                  if args.pacs_authorization_file else None)
     data_dir = Path(args.data_dir).resolve()

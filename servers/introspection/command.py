@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from servers.client_secret import add_client_secret_arguments, client_secret
 from servers.ehr.oauth.clients import (
     INTROSPECTION_CLIENT_ID,
     demo_clients_path,
@@ -34,10 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "auto (relay when the EHR's smart-configuration names an introspection endpoint)")
     p.add_argument("--client-id", default=INTROSPECTION_CLIENT_ID,
                    help="this service's confidential client at the EHR (relay mode)")
-    p.add_argument("--client-secret", help=f"the client secret (visible to other local users in the "
-                   f"process list: prefer --client-secret-file or {SECRET_ENV})")
-    p.add_argument("--client-secret-file", metavar="FILE",
-                   help=f"file holding the client secret (or set {SECRET_ENV})")
+    add_client_secret_arguments(p, SECRET_ENV)
     p.add_argument("--callers", metavar="FILE", required=True,
                    help="JSON clients file ({\"clients\": [...]}, the EHR's format): the confidential "
                         "clients that may call /introspect")
@@ -50,14 +46,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--urls-file", help="write this role's URLs (JSON) to this file once it listens")
 
 
-def _secret(args: argparse.Namespace) -> str:
-    if args.client_secret:
-        return str(args.client_secret)
-    if args.client_secret_file:
-        return Path(args.client_secret_file).read_text().strip()
-    return os.environ.get(SECRET_ENV, "")
-
-
 def serve(loop: ServerLoop, settings: IntrospectionSettings, reservation: Reservation) -> dict[str, Any]:
     served = loop.serve(lambda url: make_app(settings, url), reservation)
     log.info("token introspection service at %s/introspect (mode %s)", served.url, settings.mode.value)
@@ -67,8 +55,8 @@ def serve(loop: ServerLoop, settings: IntrospectionSettings, reservation: Reserv
 def run(args: argparse.Namespace, loop: ServerLoop) -> dict[str, Any]:
     settings = IntrospectionSettings(
         ehr_fhir=args.ehr.rstrip("/"), mode=Mode(args.mode), client_id=args.client_id,
-        client_secret=_secret(args), callers=tuple(load_clients(args.callers)), cache_ttl=args.cache_ttl,
-        oracle_scope=args.oracle_scope)
+        client_secret=client_secret(args, SECRET_ENV), callers=tuple(load_clients(args.callers)),
+        cache_ttl=args.cache_ttl, oracle_scope=args.oracle_scope)
     return serve(loop, settings, reserve(args.host, args.port))
 
 

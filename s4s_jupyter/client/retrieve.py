@@ -810,10 +810,7 @@ class Retriever:
                complete: Callable[[str], bool]) -> list[_Unit]:
         units: list[_Unit] = []
         for t in targets:
-            expected = t.expected() or ()
-            if first_only:
-                expected = expected[:1]
-            pending = [i for i in expected if not complete(i.sop_uid)]
+            pending = [i for i in _chosen(t, first_only) if not complete(i.sop_uid)]
             if not pending:
                 continue
             whole = len(pending) == len(t.instances or ()) and not first_only and t.only is None
@@ -929,28 +926,16 @@ class Retriever:
         early = [] if None in started else [t for t in dict.fromkeys(targets) if t.series_uid not in started
                                             and self._fetch_while_listing(t, first_only)]
         later = [t for t in dict.fromkeys(targets) if t not in set(early)]
-        listing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s4s-list") if early else None
-        listed = listing.submit(self.resolve, early) if listing is not None else None
-        try:
+        with _Listing(self, early) as listing:
             resolved = dict(zip(later, self.resolve(later), strict=True))
-            expected = {t: (t.expected() or ())[:1] if first_only else (t.expected() or ())
-                        for t in resolved.values()}
+            expected = {t: _chosen(t, first_only) for t in resolved.values()}
             count = sum(len(v) for v in expected.values())
             run = _Run(root, _Progress(progress, None if early else count, "instances", on_progress),
                        checksum)
-            if listed is not None:
-                def total(f: Future[list[SeriesTarget]]) -> None:
-                    if f.exception() is None:
-                        run.progress.set_total(count + sum(len(t.expected() or ()) for t in f.result()))
-                listed.add_done_callback(total)
+            listing.report_total(run.progress, count)
             errors = self._download(run, previous, expected, first_only, early)
-            if listed is not None:
-                resolved.update(zip(early, listed.result(), strict=True))
-        finally:
-            if listing is not None:
-                listing.shutdown(wait=True, cancel_futures=True)
-        expected = {t: (t.expected() or ())[:1] if first_only else (t.expected() or ())
-                    for t in (resolved[t] for t in dict.fromkeys(targets))}
+            resolved.update(listing.result())
+        expected = {t: _chosen(t, first_only) for t in (resolved[t] for t in dict.fromkeys(targets))}
         return _manifest(run, expected, errors)
 
     def _fetch_while_listing(self, target: SeriesTarget, first_only: bool) -> bool:
@@ -993,34 +978,22 @@ class Retriever:
         """
         targets = list(targets)
         # whole series whose instance lists are not known yet are fetched while their lists are asked
-        # for (QIDO-RS): the lists are needed only at the end, to check that every instance came. Before,
-        # the QIDO-RS round trips came first (about 10% of a 105 MB study's time, issue 5).
+        # for (_Listing): the lists are needed only at the end, to check that every instance came
         early = [t for t in dict.fromkeys(targets) if self._fetch_while_listing(t, first_only)]
         later = [t for t in dict.fromkeys(targets) if t not in set(early)]
-        listing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s4s-list") if early else None
-        listed = listing.submit(self.resolve, early) if listing is not None else None
-        try:
+        with _Listing(self, early) as listing:
             resolved = dict(zip(later, self.resolve(later), strict=True))
-            count = sum(len((t.expected() or ())[:1] if first_only else (t.expected() or ()))
-                        for t in resolved.values())
+            count = sum(len(_chosen(t, first_only)) for t in resolved.values())
             run = _Run(None, _Progress(progress, None if early else count, "instances", on_progress))
-            if listed is not None:
-                def total(f: Future[list[SeriesTarget]]) -> None:
-                    if f.exception() is None:
-                        run.progress.set_total(count + sum(len(t.expected() or ()) for t in f.result()))
-                listed.add_done_callback(total)
+            listing.report_total(run.progress, count)
             try:
                 units = [*self._units(list(resolved.values()), first_only, run.done), *map(_Unit, early)]
                 errors = self._execute(run, units)
-                if listed is not None:
-                    resolved.update(zip(early, listed.result(), strict=True))
+                resolved.update(listing.result())
             finally:
                 run.close()
-        finally:
-            if listing is not None:
-                listing.shutdown(wait=True, cancel_futures=True)
         targets = [resolved[t] for t in targets]
-        expected = {t: (t.expected() or ())[:1] if first_only else (t.expected() or ()) for t in targets}
+        expected = {t: _chosen(t, first_only) for t in targets}
         if errors:
             (_study, series), message = next(iter(errors.items()))
             raise ClientError(f"{len(errors)} series failed; series {series}: {message}", status=502)
@@ -1068,6 +1041,47 @@ def _verified(rec: Mapping[str, Any] | None, root: Path, target: SeriesTarget,
             "series_uid": target.series_uid, "sop_uid": info.sop_uid, "instance_number": info.number,
             "patient_id": path.parent.parent.parent.name, "path": str(path), "size": rec["size"],
             "checksum": recorded, "status": "verified", "error": None}
+
+
+def _chosen(target: SeriesTarget, first_only: bool) -> tuple[InstanceInfo, ...]:
+    """The instances of ``target`` a call asks for (its first only, with ``first_only``)."""
+    expected = target.expected() or ()
+    return expected[:1] if first_only else expected
+
+
+class _Listing:
+    """The instance lists (QIDO-RS) of whole series fetched meanwhile (``early``): asked for in a thread
+    of their own, so the series' first bytes do not wait for them; they are needed only at the end
+    (issue 5: the round trips had come first, about 10% of a 105 MB study's time)."""
+
+    def __init__(self, retriever: Retriever, early: Sequence[SeriesTarget]) -> None:
+        self.early = list(early)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s4s-list") if early else None
+        self._lists = self._pool.submit(retriever.resolve, self.early) if self._pool is not None else None
+
+    def report_total(self, progress: _Progress, known: int) -> None:
+        """Set ``progress``'s total to ``known`` plus the listed instances once the lists came."""
+        if self._lists is None:
+            return
+
+        def total(f: Future[list[SeriesTarget]]) -> None:
+            if f.exception() is None:
+                progress.set_total(known + sum(len(t.expected() or ()) for t in f.result()))
+
+        self._lists.add_done_callback(total)
+
+    def result(self) -> dict[SeriesTarget, SeriesTarget]:
+        """Each early target -> the same target with its instance list (waits for the lists)."""
+        if self._lists is None:
+            return {}
+        return dict(zip(self.early, self._lists.result(), strict=True))
+
+    def __enter__(self) -> _Listing:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _manifest(run: _Run, expected: Mapping[SeriesTarget, Sequence[InstanceInfo]],

@@ -5,7 +5,8 @@
 What runs where (every role a real server on loopback):
 
 - the PACS (``s4s-servers pacs``) and the broker (``s4s-servers broker``) each in a process of their own,
-  so the broker's memory can be watched alone and no role shares a GIL with the client;
+  so the broker's memory can be watched alone and no role shares a GIL with the client; the broker
+  reaches the PACS over the PACS's Unix socket (``--pacs-link tcp``: over TCP loopback);
 - the EHR and the token introspection service in this process (one introspection per retrieve);
 - the client in this process: httpx streaming the whole study and discarding it (counting bytes).
 
@@ -31,7 +32,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from benchmarks.systems import start_broker_stack, start_pacs
+from benchmarks.systems import pacs_socket, start_broker_stack, start_pacs
 from servers.broker.app import quiet_httpx
 from servers.demo_data.plan import DemoOptions, make_plan
 from servers.pacs.seed import seed
@@ -56,7 +57,7 @@ def retrieve(url: str, headers: dict[str, str], mbps: float = 0.0) -> tuple[int,
     accept = {"Accept": 'multipart/related; type="application/dicom"'}
     with httpx.stream("GET", url, headers={**headers, **accept}, timeout=120) as r:
         r.raise_for_status()
-        for chunk in r.iter_raw(1024 * 1024):
+        for chunk in r.iter_raw():  # see benchmarks.clients.httpx_get
             size += len(chunk)
             if mbps:
                 ahead = size / (mbps * 1e6) - (time.perf_counter() - start)
@@ -72,6 +73,8 @@ def main() -> None:
     ap.add_argument("--slow-client-mbps", type=float, default=100.0,
                     help="then one more retrieve through the broker by a client reading this slowly, to "
                          "show back-pressure keeps the broker's memory flat (0: skip; default 100)")
+    ap.add_argument("--pacs-link", choices=("unix", "tcp"), default="unix",
+                    help="how the broker reaches the PACS: its Unix socket (default) or TCP loopback")
     ap.add_argument("--data-dir", help="where the generated PACS store is kept (default: a temporary folder)")
     args = ap.parse_args()
     quiet_httpx()
@@ -94,12 +97,14 @@ def main() -> None:
     try:
         pacs_proc, pacs_url = start_pacs(pacs_dir, work)
         procs.append(pacs_proc)
-        stack = start_broker_stack(loop, plan, pacs_url, work)
-        broker_proc = stack.broker
+        stack = start_broker_stack(loop, plan, work)
+        link = pacs_socket(work) if args.pacs_link == "unix" else None
+        broker_dicomweb = stack.start_broker(pacs_url, link)
+        broker_proc = stack.brokers[-1]
         procs.append(broker_proc)
         auth = {"Authorization": f"Bearer {stack.token(plan, patient.id)}"}
         direct_url = f"{pacs_url}/studies/{study.study_uid}"
-        broker_url = f"{stack.broker_dicomweb}/studies/{study.study_uid}"
+        broker_url = f"{broker_dicomweb}/studies/{study.study_uid}"
 
         broker_ps = psutil.Process(broker_proc.pid)
         pacs_ps = psutil.Process(pacs_proc.pid)

@@ -111,9 +111,12 @@ def concurrent(ours: Server, orthanc: Server, study_uids: list[str], rounds: int
     return figures
 
 
-def broker(pacs: str, broker_base: str, token: str, study_uids: list[str], rounds: int) -> list[Figure]:
+def broker(pacs: str, broker_base: str, token: str, study_uids: list[str], rounds: int, link: str,
+           target: bool) -> list[Figure]:
     """The same studies through the broker (a valid token, re-authorized on every request) vs straight
-    from our PACS, with curl and with the httpx client (as the issue's whole-study row): two figures."""
+    from our PACS, with curl and with the httpx client (as the issue's whole-study row): two figures.
+    ``link`` says how the broker reaches the PACS; ``target``: whether the issue's target applies (it
+    does to the co-located deployment, a Unix socket; over TCP the figures are reported)."""
     client = httpx.Client(timeout=300)
     auth = {"Authorization": f"Bearer {token}"}
     getters: dict[str, Callable[[dict[str, str]], Getter]] = {
@@ -122,8 +125,8 @@ def broker(pacs: str, broker_base: str, token: str, study_uids: list[str], round
     }
     figures = []
     for tool, make in getters.items():
-        fig = Figure("WADO-RS retrieve", f"whole study through our broker ({tool}, valid token), warm",
-                     "MB/s", "broker", "PACS direct", BROKER)
+        fig = Figure("WADO-RS retrieve", f"whole study through our broker ({tool}, valid token; broker to "
+                     f"PACS over {link}), warm", "MB/s", "broker", "PACS direct", BROKER if target else None)
 
         def via(base: str, headers: dict[str, str], make: Callable[[dict[str, str]], Getter] = make
                 ) -> Callable[[], float]:

@@ -42,13 +42,19 @@ def curl_parallel(urls: list[str], accept: str = DICOM_MULTIPART) -> tuple[int, 
 
 def httpx_get(client: httpx.Client, url: str, accept: str = DICOM_MULTIPART,
               headers: dict[str, str] | None = None) -> tuple[int, float]:
-    """One streaming GET with httpx (``iter_raw`` in 1 MiB pieces), body discarded."""
+    """One streaming GET with httpx (``iter_raw()``: the pieces as they come off the socket, up to
+    64 KiB), body discarded.
+
+    Not ``iter_raw(1 MiB)``: httpx then joins the reads into a fresh 1 MiB ``bytes`` each time, which
+    glibc serves with ``mmap`` and the kernel with a page fault per 4 KiB page (about 300 per MiB
+    measured): 147 ms of client CPU per 105 MB study instead of 49, a cap of about 700 MB/s whatever
+    the server (1,800-2,000 MB/s without it, against our PACS)."""
     import time
 
     start = time.perf_counter()
     size = 0
     with client.stream("GET", url, headers={"Accept": accept, **(headers or {})}) as r:
         r.raise_for_status()
-        for chunk in r.iter_raw(1024 * 1024):
+        for chunk in r.iter_raw():
             size += len(chunk)
     return size, time.perf_counter() - start

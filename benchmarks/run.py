@@ -26,7 +26,7 @@ from benchmarks import bench_fhir, bench_kit, bench_query, bench_retrieve, bench
 from benchmarks.bench_retrieve import Server
 from benchmarks.dataset import SIZES, build
 from benchmarks.stats import Figure, stopwatch
-from benchmarks.systems import load_orthanc, load_pacs, start_broker_stack, start_pacs, stop
+from benchmarks.systems import load_orthanc, load_pacs, pacs_socket, start_broker_stack, start_pacs, stop
 from servers.broker.app import quiet_httpx
 from servers.runtime import ServerLoop
 from tests.support.orthanc import OrthancServer
@@ -121,14 +121,18 @@ def main() -> None:
             figures += bench_kit.figures(pacs_url, study.study_uid, study_bytes, large.study_uid, large_bytes,
                                          work / "kit", rounds)
         if groups & {"broker", "fhir"}:
-            stack = start_broker_stack(loop, ds.plan, pacs_url, work)
-            procs.append(stack.broker)
+            stack = start_broker_stack(loop, ds.plan, work)
             patient = ds.plan.patients[0]
             token = stack.token(ds.plan, patient.id)
             if "broker" in groups:
                 print("broker")
-                figures += bench_retrieve.broker(pacs_url, stack.broker_dicomweb, token,
-                                                 [s.study_uid for s in patient.studies], rounds)
+                # the token's patient's studies, repeated to the whole-study rows' sample size
+                uids = [patient.studies[i % len(patient.studies)].study_uid for i in range(per_sample)]
+                for link, socket_path in (("Unix socket", pacs_socket(work)), ("TCP", None)):
+                    broker_dicomweb = stack.start_broker(pacs_url, socket_path)
+                    procs.append(stack.brokers[-1])
+                    figures += bench_retrieve.broker(pacs_url, broker_dicomweb, token, uids, rounds, link,
+                                                     target=socket_path is not None)
             if "fhir" in groups:
                 print(f"FHIR ({args.observations} Observations)")
                 with stopwatch() as t_obs:

@@ -85,12 +85,17 @@ def load_orthanc(orthanc: OrthancServer, files: Iterable[Path], threads: int = 2
 
 
 def start_pacs(store_dir: Path, work: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """``s4s-servers pacs`` on the store, in a subprocess with one worker process per core; returns the
-    (supervisor) process and its DICOMweb base."""
+    """``s4s-servers pacs`` on the store, in a subprocess with one worker process per core, listening on
+    ``work/pacs.sock`` too (for the broker); returns the (supervisor) process and its DICOMweb base."""
     processes = str(os.cpu_count() or 1)  # as Orthanc, which uses every core by default
-    proc, urls = start_role(["pacs", "--data-dir", str(store_dir), "--no-fsync", "--processes", processes],
-                            work, "pacs")
+    proc, urls = start_role(["pacs", "--data-dir", str(store_dir), "--no-fsync", "--processes", processes,
+                             "--unix-socket", str(pacs_socket(work))], work, "pacs")
     return proc, str(urls["pacs_dicomweb"])
+
+
+def pacs_socket(work: Path) -> Path:
+    """The Unix socket :func:`start_pacs` listens on."""
+    return work / "pacs.sock"
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -104,20 +109,34 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 @dataclass
 class BrokerStack:
-    """EHR and introspection (in ``loop``), the broker (a subprocess) in front of ``pacs_dicomweb``."""
+    """EHR and introspection (in the benchmark's loop) and brokers (subprocesses) in front of a PACS."""
 
     ehr: str
-    broker_dicomweb: str
-    broker: subprocess.Popen[bytes]
+    introspection: str
+    secret_file: Path
+    work: Path
+    brokers: list[subprocess.Popen[bytes]]
 
     def token(self, plan: DemoPlan, patient_id: str) -> str:
         """A real access token for ``patient_id`` from the EHR (login, picker, consent, PKCE exchange)."""
         user = next(u for u in plan.users if u.patient_ids == (patient_id,))
         return str(launch(self.ehr, user.username, user.password, patient_id)["access_token"])
 
+    def start_broker(self, pacs_dicomweb: str, pacs_unix_socket: Path | None = None) -> str:
+        """One more ``s4s-servers broker`` in front of ``pacs_dicomweb``, reaching it over
+        ``pacs_unix_socket`` when given, else over TCP; returns its DICOMweb base."""
+        name = f"broker-{len(self.brokers)}"
+        proc, urls = start_role(["broker", "--pacs", pacs_dicomweb, "--introspection", self.introspection,
+                                 "--ehr", self.ehr + "/fhir", "--client-secret-file", str(self.secret_file),
+                                 "--data-dir", str(self.work / name),
+                                 *(["--pacs-socket", str(pacs_unix_socket)] if pacs_unix_socket else [])],
+                                self.work, name)
+        self.brokers.append(proc)
+        return str(urls["broker_dicomweb"])
 
-def start_broker_stack(loop: ServerLoop, plan: DemoPlan, pacs_dicomweb: str, work: Path) -> BrokerStack:
-    """The EHR (with ``plan``'s patients), the introspection service, and the broker, on loopback."""
+
+def start_broker_stack(loop: ServerLoop, plan: DemoPlan, work: Path) -> BrokerStack:
+    """The EHR (with ``plan``'s patients) and the introspection service on loopback, ready for brokers."""
     secrets = {BROKER_CLIENT_ID: "bench-broker-secret-0123456789",
                INTROSPECTION_CLIENT_ID: "bench-intro-secret-0123456789"}
     regs = demo_clients_json()["clients"]
@@ -134,10 +153,7 @@ def start_broker_stack(loop: ServerLoop, plan: DemoPlan, pacs_dicomweb: str, wor
     secret_file = work / "broker-secret"
     secret_file.write_text(secrets[BROKER_CLIENT_ID])
     os.chmod(secret_file, 0o600)
-    proc, urls = start_role(["broker", "--pacs", pacs_dicomweb, "--introspection", intro, "--ehr",
-                             ehr + "/fhir", "--client-secret-file", str(secret_file),
-                             "--data-dir", str(work / "broker")], work, "broker")
-    return BrokerStack(ehr, str(urls["broker_dicomweb"]), proc)
+    return BrokerStack(ehr, intro, secret_file, work, [])
 
 
 class PeakRSS:

@@ -12,6 +12,7 @@ import contextlib
 import os
 import signal
 import socket
+import stat
 import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
@@ -84,6 +85,39 @@ def reserve(host: str = "127.0.0.1", port: int = 0) -> Reservation:
     return Reservation(host, socks[0].getsockname()[1], socks)
 
 
+def bind_unix(path: str) -> socket.socket:
+    """A listening Unix-domain socket at ``path``, readable and writable by this user only (0600).
+
+    A socket file left by a server that is gone is replaced; one a live server still accepts on is not
+    (:class:`StartupError`, as for a port in use), nor is any other kind of file. For a co-located
+    client (the broker in front of this PACS) a Unix socket skips the kernel's TCP work for that hop:
+    see docs/broker.md.
+    """
+    with contextlib.suppress(FileNotFoundError):
+        if not stat.S_ISSOCK(os.stat(path).st_mode):
+            raise StartupError(f"{path} exists and is not a socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except (ConnectionRefusedError, FileNotFoundError):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # left by a server that stopped without removing it
+        else:
+            raise StartupError(f"the socket {path} is in use by another server")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        os.chmod(path, 0o600)  # before listen(): nobody can connect until then
+        sock.listen(128)
+        sock.setblocking(False)  # Tornado accepts until EAGAIN
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def accept_one_per_wakeup(server: HTTPServer, sockets: list[socket.socket]) -> None:
     """Serve ``sockets`` with ``server``, accepting one connection each time a socket is readable.
 
@@ -115,6 +149,26 @@ def accept_one_per_wakeup(server: HTTPServer, sockets: list[socket.socket]) -> N
             loop.remove_reader(fd)
 
         server._handlers[fd] = remove
+
+
+#: send buffer asked for on accepted Unix-socket connections (the kernel caps it at net.core.wmem_max)
+UNIX_SEND_BUFFER = 4 * 1024 * 1024
+
+
+class Server(HTTPServer):
+    """Tornado's ``HTTPServer``, giving connections accepted on a Unix socket a large send buffer.
+
+    A Unix stream socket starts with ``net.core.wmem_default`` (208 KiB) in flight, where loopback TCP
+    grows its window to megabytes: a PACS sending a study to a broker over a Unix socket would then wake
+    every 208 KiB (measured: the broker at 0.84x of the PACS direct instead of 0.91x).
+    """
+
+    def handle_stream(self, stream: Any, address: Any) -> None:
+        sock = getattr(stream, "socket", None)
+        if sock is not None and sock.family == socket.AF_UNIX:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, UNIX_SEND_BUFFER)
+        super().handle_stream(stream, address)
 
 
 @dataclass
@@ -176,7 +230,7 @@ class ServerLoop:
 
         def build() -> Served:
             app = factory(res.url)
-            server = HTTPServer(app, xheaders=False, **server_options)
+            server = Server(app, xheaders=False, **server_options)
             if res.shared:
                 accept_one_per_wakeup(server, res.sockets)
             else:

@@ -71,7 +71,7 @@ def build_context(settings: BrokerSettings, base_url: str, *, authorizer: Author
     if upstream is None:
         dw = DICOMwebUpstream(settings.pacs_url, timeout=settings.upstream_timeout,
                               authorization=settings.upstream_authorization,
-                              max_json_bytes=settings.max_metadata_bytes)
+                              max_json_bytes=settings.max_metadata_bytes, unix_socket=settings.pacs_socket)
         cleanups.append(dw.aclose)
         upstream = dw
     dicomweb_base = base + dicomweb_path

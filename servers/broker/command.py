@@ -12,7 +12,7 @@ from servers.broker.app import make_app
 from servers.broker.settings import BrokerSettings
 from servers.client_secret import add_client_secret_arguments, client_secret
 from servers.ehr.oauth.clients import BROKER_CLIENT_ID, demo_client
-from servers.runtime import Reservation, ServerLoop, reserve
+from servers.runtime import Reservation, ServerLoop, StartupError, reserve
 
 if TYPE_CHECKING:
     from servers.demo import DemoContext
@@ -25,6 +25,9 @@ SECRET_ENV = "S4S_BROKER_CLIENT_SECRET"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pacs", required=True, metavar="URL",
                    help="the PACS's DICOMweb base (ours, Orthanc's http://host:8042/dicom-web, ...)")
+    p.add_argument("--pacs-socket", metavar="PATH",
+                   help="reach the PACS over this Unix-domain socket (same host, plain HTTP; ours: "
+                        "s4s-servers pacs --unix-socket PATH); --pacs then gives the paths only")
     p.add_argument("--introspection", required=True, metavar="URL",
                    help="an RFC 7662 endpoint: the token introspection service or the EHR's own")
     p.add_argument("--ehr", required=True, metavar="URL", help="the EHR's FHIR base (e.g. http://host/fhir)")
@@ -64,13 +67,16 @@ def run(args: argparse.Namespace, loop: ServerLoop) -> dict[str, Any]:
     secret = client_secret(args, SECRET_ENV)
     pacs_auth = (Path(args.pacs_authorization_file).read_text().strip()
                  if args.pacs_authorization_file else None)
+    if args.pacs_socket and not args.pacs.startswith("http://"):
+        raise StartupError("--pacs-socket carries plain HTTP: --pacs must be an http:// URL")
     data_dir = Path(args.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     settings = BrokerSettings(
         pacs_url=args.pacs.rstrip("/"), ehr_fhir=args.ehr.rstrip("/"), introspection_url=args.introspection,
         client_id=args.client_id, client_secret=secret, patient_identifier=args.patient_identifier,
         data_dir=data_dir, upstream_timeout=args.upstream_timeout, upstream_authorization=pacs_auth,
-        introspection_cache_ttl=max(0.0, args.introspection_cache_ttl))
+        introspection_cache_ttl=max(0.0, args.introspection_cache_ttl),
+        pacs_socket=str(Path(args.pacs_socket).resolve()) if args.pacs_socket else None)
     return serve(loop, settings, reserve(args.host, args.port))
 
 

@@ -84,16 +84,21 @@ class _Stream:
 
 
 class DICOMwebUpstream:
-    """A DICOMweb PACS at ``base_url`` (its ``.../dicom-web`` base)."""
+    """A DICOMweb PACS at ``base_url`` (its ``.../dicom-web`` base), reached over TCP, or over the
+    Unix-domain socket ``unix_socket`` when the PACS listens on one on this host (the URL then gives
+    only the paths and the ``Host`` header)."""
 
     def __init__(self, base_url: str, *, timeout: float = 30.0, authorization: str | None = None,
-                 max_json_bytes: int = 256 * 1024 * 1024, http: httpx.AsyncClient | None = None) -> None:
+                 max_json_bytes: int = 256 * 1024 * 1024, http: httpx.AsyncClient | None = None,
+                 unix_socket: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.max_json_bytes = max_json_bytes
+        self.unix_socket = unix_socket
         self._own_http = http is None
+        limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
         self.http = http or httpx.AsyncClient(
             timeout=httpx.Timeout(timeout), trust_env=False, follow_redirects=False, cookies=no_cookies(),
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50))
+            transport=httpx.AsyncHTTPTransport(uds=unix_socket, limits=limits))
         self._auth = authorization
         self.timeout = timeout
 
@@ -127,7 +132,8 @@ class DICOMwebUpstream:
                        accept: str | None) -> AsyncIterator[_Stream]:
         """The streamed retrieve, on :mod:`servers.broker.http1_stream` (see there why not httpx)."""
         url = f"{self.base_url}/{path}" + (f"?{urlencode(list(params))}" if params else "")
-        response = await open_get(url, self._headers(accept), timeout=self.timeout)
+        response = await open_get(url, self._headers(accept), timeout=self.timeout,
+                                  unix_socket=self.unix_socket)
         try:
             if response.status >= 300:
                 raise _error_for_status(response.status, response.headers.get("Retry-After"), "retrieve")

@@ -221,21 +221,27 @@ def _content_length(headers: httputil.HTTPHeaders) -> None:
 
 
 async def open_get(url: str, headers: Mapping[str, str], *, timeout: float,
-                   chunk_size: int = 1024 * 1024) -> StreamedResponse:
-    """Send ``GET url`` and return once the answer's status line and headers arrived.
+                   chunk_size: int = 1024 * 1024, unix_socket: str | None = None) -> StreamedResponse:
+    """Send ``GET url`` and return once the answer's status line and headers arrived. With
+    ``unix_socket`` the request goes over that Unix-domain socket (plain HTTP) instead of to the URL's
+    host and port; the URL still gives the path and the ``Host`` header.
 
     Raises :class:`UpstreamError`: 502 refused or garbage, 504 timed out.
     """
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UpstreamError(f"unsupported upstream URL scheme {parts.scheme!r}")
+    if unix_socket and parts.scheme != "http":
+        raise UpstreamError("a Unix socket to the PACS carries plain HTTP only")
     port = parts.port or (443 if parts.scheme == "https" else 80)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     lines = [f"GET {target} HTTP/1.1", f"Host: {parts.netloc}", "Connection: close",
              *(f"{k}: {v}" for k, v in headers.items())]
     request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    if unix_socket:
+        return await _open_raw(socket.AF_UNIX, unix_socket, request, timeout, chunk_size)
     if parts.scheme == "http" and SPLICE:
-        return await _open_raw(parts.hostname, port, request, timeout, chunk_size)
+        return await _open_raw(None, (parts.hostname, port), request, timeout, chunk_size)
     ssl_options = ssl.create_default_context() if parts.scheme == "https" else None
     try:
         stream: Any = await asyncio.wait_for(
@@ -272,16 +278,20 @@ def _parse_head(head: bytes, close: Any) -> tuple[httputil.ResponseStartLine, ht
     return start, response_headers
 
 
-async def _open_raw(host: str, port: int, request: bytes, timeout: float,
+async def _open_raw(family: int | None, address: Any, request: bytes, timeout: float,
                     chunk_size: int) -> StreamedResponse:
     """Plain HTTP on a socket of our own: the head is peeked and exactly it consumed, so the body is
-    still in the socket for ``splice``; otherwise the socket is handed to a Tornado ``IOStream``."""
+    still in the socket for ``splice``; otherwise the socket is handed to a Tornado ``IOStream``.
+    ``family`` None: ``address`` is ``(host, port)``, resolved here; else a ready address of ``family``."""
     loop = asyncio.get_running_loop()
     sock: socket.socket | None = None
     try:
-        infos = await asyncio.wait_for(loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), timeout)
-        family, kind, proto, _, address = infos[0]
-        sock = socket.socket(family, kind, proto)
+        if family is None:
+            infos = await asyncio.wait_for(loop.getaddrinfo(*address, type=socket.SOCK_STREAM), timeout)
+            family, kind, proto, _, address = infos[0]
+            sock = socket.socket(family, kind, proto)
+        else:
+            sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setblocking(False)
         await asyncio.wait_for(loop.sock_connect(sock, address), timeout)
         await asyncio.wait_for(loop.sock_sendall(sock, request), timeout)

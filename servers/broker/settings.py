@@ -17,7 +17,8 @@ MR_TYPE = "http://terminology.hl7.org/CodeSystem/v2-0203|MR"
 class BrokerSettings:
     """What the broker needs to run.
 
-    - ``pacs_url``: the upstream PACS's DICOMweb base (``.../dicom-web``).
+    - ``pacs_url``: the upstream PACS's DICOMweb base (``.../dicom-web``); ``pacs_socket``: a Unix-domain
+      socket the PACS listens on (same host), used instead of the URL's host and port (plain HTTP).
     - ``ehr_fhir``: the EHR's FHIR base; Patient resources (for the PatientID) are read there, and its
       ``.well-known/smart-configuration`` is what the broker's own one points at.
     - ``introspection_url``: an RFC 7662 endpoint (the introspection service, or the EHR's own);
@@ -39,6 +40,7 @@ class BrokerSettings:
     pacs_url: str
     ehr_fhir: str
     introspection_url: str | None = None
+    pacs_socket: str | None = None
     client_id: str = ""
     client_secret: str = ""
     patient_identifier: str = f"type:{MR_TYPE}"

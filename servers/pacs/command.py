@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -15,13 +17,16 @@ from servers.pacs.seed import seed
 from servers.pacs.settings import PACSSettings
 from servers.pacs.store import Store
 from servers.prefork import serve_forked
-from servers.runtime import Reservation, Served, ServerLoop, reserve
+from servers.runtime import CLEANUP_KEY, Reservation, Served, ServerLoop, bind_unix, reserve
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default="pacs-data", help="folder of the store (default ./pacs-data)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=0, help="port (default: a free port)")
+    p.add_argument("--unix-socket", metavar="PATH",
+                   help="also listen on this Unix-domain socket (mode 0600), for a broker on the same host "
+                        "(s4s-servers broker --pacs-socket PATH): that hop then skips TCP")
     p.add_argument("--urls-file", help="write {\"pacs_dicomweb\": url} to this file")
     p.add_argument("--max-upload-bytes", type=int, default=PACSSettings.max_upload_bytes,
                    help="STOW-RS bodies larger than this are refused with 413")
@@ -52,9 +57,41 @@ def _settings(args: argparse.Namespace) -> PACSSettings:
                         workers=args.workers, fsync=not args.no_fsync)
 
 
+def _reserve(args: argparse.Namespace) -> Reservation:
+    """The TCP port, plus the Unix socket when ``--unix-socket`` names one."""
+    reservation = reserve(args.host, args.port)
+    if args.unix_socket:
+        try:
+            reservation.sockets.append(bind_unix(args.unix_socket))
+        except BaseException:
+            for sock in reservation.sockets:
+                sock.close()
+            raise
+    return reservation
+
+
+def _urls(args: argparse.Namespace, reservation: Reservation) -> dict[str, Any]:
+    urls = {"pacs_dicomweb": dicomweb_url(reservation.url)}
+    if args.unix_socket:
+        urls["pacs_socket"] = str(Path(args.unix_socket).resolve())
+    return urls
+
+
+def _remove_socket(args: argparse.Namespace) -> None:
+    if args.unix_socket:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(args.unix_socket)
+
+
 def run(args: argparse.Namespace, loop: ServerLoop) -> dict[str, Any]:
-    served = serve(loop, _settings(args), reserve(args.host, args.port))
-    return {"pacs_dicomweb": dicomweb_url(served.url)}
+    reservation = _reserve(args)
+    try:
+        served = serve(loop, _settings(args), reservation)
+    except BaseException:
+        _remove_socket(args)
+        raise
+    served.app.settings.setdefault(CLEANUP_KEY, []).append(lambda: _remove_socket(args))
+    return _urls(args, reservation)
 
 
 def run_forked(args: argparse.Namespace, announce: Callable[[dict[str, Any]], None]) -> int:
@@ -62,18 +99,21 @@ def run_forked(args: argparse.Namespace, announce: Callable[[dict[str, Any]], No
     supervisor opens the store once (lock, tidy, schema) and keeps its folder locked; the workers share
     it: SQLite serialises their writes, and stored files are content-addressed."""
     settings = _settings(args)
-    reservation = replace(reserve(args.host, args.port), shared=True)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    folder = Store(settings.data_dir, fsync=settings.fsync).hand_over()
+    reservation = replace(_reserve(args), shared=True)
 
     def worker(loop: ServerLoop) -> None:
         serve(loop, replace(settings, shared_store=True), reservation)
 
+    folder = None
     try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        folder = Store(settings.data_dir, fsync=settings.fsync).hand_over()
         return serve_forked(args.processes, reservation, worker,
-                            lambda pids: announce({"pacs_dicomweb": dicomweb_url(reservation.url)}))
+                            lambda pids: announce(_urls(args, reservation)))
     finally:
-        folder.close()
+        _remove_socket(args)  # workers never get here: they end with os._exit
+        if folder is not None:
+            folder.close()
 
 
 def start_in_demo(ctx: DemoContext, loop: ServerLoop) -> dict[str, Any]:

@@ -1,0 +1,105 @@
+"""``s4s-servers pacs --unix-socket PATH``: the PACS also listens on a Unix-domain socket (for a broker on
+the same host), in one process and in several; the socket is private to its user, refused when another
+server holds it, replaced when stale, and removed on stop."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pydicom
+import pytest
+from dicomweb_client import DICOMwebClient
+
+from s4s_jupyter.core.multipart import iter_parts, parse_content_type
+from servers.demo_data.dicom import iter_plan
+from servers.demo_data.plan import DemoPlan
+from servers.runtime import StartupError, bind_unix
+
+ROOT = Path(__file__).resolve().parents[2]
+DICOM_PARTS = 'multipart/related; type="application/dicom"'
+
+
+def parts(response: httpx.Response) -> list[bytes]:
+    _, params = parse_content_type(response.headers["content-type"])
+    return [body for _, body in iter_parts(response.content, params["boundary"])]
+
+
+def start(tmp_path: Path, processes: int, sock: Path) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
+    urls_file = tmp_path / "urls.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "servers.cli", "--log-level", "WARNING", "pacs", "--data-dir",
+         str(tmp_path / "pacs"), "--processes", str(processes), "--unix-socket", str(sock),
+         "--urls-file", str(urls_file)],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not urls_file.exists():
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        assert time.monotonic() < deadline, "the PACS did not write its URLs file"
+        time.sleep(0.05)
+    return proc, json.loads(urls_file.read_text())
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_the_socket_serves_dicomweb_and_is_removed_on_stop(tmp_path: Path, processes: int,
+                                                          small_plan: DemoPlan) -> None:
+    sock = tmp_path / "pacs.sock"
+    proc, urls = start(tmp_path, processes, sock)
+    try:
+        assert urls["pacs_socket"] == str(sock)
+        assert stat.S_ISSOCK(sock.stat().st_mode) and stat.S_IMODE(sock.stat().st_mode) == 0o600
+        blobs = [data for _, data in iter_plan(small_plan)][:4]
+        DICOMwebClient(urls["pacs_dicomweb"]).store_instances([pydicom.dcmread(io.BytesIO(b)) for b in blobs])
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), base_url=urls["pacs_dicomweb"]) as c:
+            studies = c.get("/studies", headers={"Accept": "application/dicom+json"})
+            assert studies.status_code == 200 and studies.json()
+            study = studies.json()[0]["0020000D"]["Value"][0]
+            over_socket = c.get(f"/studies/{study}", headers={"Accept": DICOM_PARTS})
+        over_tcp = httpx.get(f"{urls['pacs_dicomweb']}/studies/{study}", headers={"Accept": DICOM_PARTS})
+        assert over_socket.status_code == over_tcp.status_code == 200
+        assert parts(over_socket) == parts(over_tcp) and len(parts(over_tcp)) == len(blobs)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    assert not sock.exists()
+
+
+def test_a_socket_in_use_is_refused_and_left_alone(tmp_path: Path) -> None:
+    sock = tmp_path / "pacs.sock"
+    proc, urls = start(tmp_path / "a", 1, sock)
+    try:
+        second = subprocess.run(
+            [sys.executable, "-m", "servers.cli", "pacs", "--data-dir", str(tmp_path / "b"), "--unix-socket",
+             str(sock)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+            timeout=60)
+        assert second.returncode == 1
+        assert b"is in use by another server" in second.stderr and b"Traceback" not in second.stderr
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock))) as c:  # the first still serves
+            assert c.get(urls["pacs_dicomweb"] + "/studies").status_code == 204
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def test_a_stale_socket_is_replaced_and_other_files_are_not(tmp_path: Path) -> None:
+    stale = tmp_path / "stale.sock"
+    old = socket.socket(socket.AF_UNIX)
+    old.bind(str(stale))
+    old.close()  # the file stays, nobody listens: what a killed server leaves
+    fresh = bind_unix(str(stale))
+    fresh.close()
+    precious = tmp_path / "notes.txt"
+    precious.write_text("keep me")
+    with pytest.raises(StartupError, match="not a socket"):
+        bind_unix(str(precious))
+    assert precious.read_text() == "keep me"

@@ -12,6 +12,7 @@ import io
 import queue
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -46,6 +47,15 @@ def copies(files: list[Path], batch: int) -> list[tuple[str, bytes]]:
     return bodies
 
 
+def pieces(body: bytes, size: int = 256 * 1024) -> Iterator[memoryview]:
+    """The body as views of ``size`` bytes: httpcore sends a buffer with ``send`` and keeps
+    ``buffer[n:]`` for the next call, a copy of the rest of a ``bytes`` body each time (for a 5 MB
+    body in ~200 KiB sends, ~60 MB copied into freshly faulted memory); a view's slice copies nothing."""
+    view = memoryview(body)
+    for start in range(0, len(view), size):
+        yield view[start:start + size]
+
+
 def store(base: str, bodies: list[tuple[str, bytes]], connections: int, instances: int) -> float:
     """POST every body to ``{base}/studies`` over ``connections`` connections; instances per second.
 
@@ -66,8 +76,9 @@ def store(base: str, bodies: list[tuple[str, bytes]], connections: int, instance
                 ctype, body = work.get_nowait()
             except queue.Empty:
                 return
-            r = client.post(f"{base}/studies", content=body,
-                            headers={"Content-Type": ctype, "Accept": "application/dicom+json"})
+            r = client.post(f"{base}/studies", content=pieces(body),
+                            headers={"Content-Type": ctype, "Accept": "application/dicom+json",
+                                     "Content-Length": str(len(body))})
             if r.status_code != 200:
                 errors.append(f"{r.status_code} {r.text[:200]}")
 

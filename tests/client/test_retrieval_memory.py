@@ -66,9 +66,14 @@ def peak_while(url: str, study_uid: str, out: Path) -> tuple[int, int]:
 def test_download_memory_does_not_grow_with_the_study(heavy: tuple[str, DemoPlan, DemoPlan],
                                                       tmp_path: Path) -> None:
     url, small, large = heavy
-    peak_small, small_bytes = peak_while(url, small.patients[0].studies[0].study_uid, tmp_path / "s")
-    peak_large, large_bytes = peak_while(url, large.patients[0].studies[0].study_uid, tmp_path / "l")
+    # the lower of two runs each: on a busy machine one peak alone varies from 1.6 to 2.5 MB for either
+    # study (measured with both cores loaded), which a 1 MB margin between single runs did not absorb
+    runs_small = [peak_while(url, small.patients[0].studies[0].study_uid, tmp_path / f"s{i}") for i in (0, 1)]
+    runs_large = [peak_while(url, large.patients[0].studies[0].study_uid, tmp_path / f"l{i}") for i in (0, 1)]
+    peak_small, small_bytes = min(runs_small)
+    peak_large, large_bytes = min(runs_large)
     assert large_bytes > 3.5 * small_bytes and large_bytes > 15_000_000
     # 4 connections x (256 KiB read + 64 KiB head), plus the manifest: not the study
     assert peak_large < 4_000_000 and peak_large < large_bytes / 4
-    assert peak_large < peak_small + 1_000_000, (peak_small, peak_large)
+    # holding the study would add 13 MB for the larger one; noise stays well under 1.5 MB
+    assert peak_large < peak_small + 1_500_000, (runs_small, runs_large)

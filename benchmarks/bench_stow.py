@@ -49,8 +49,8 @@ def copies(files: list[Path], batch: int) -> list[tuple[str, bytes]]:
 
 def pieces(body: bytes, size: int = 256 * 1024) -> Iterator[memoryview]:
     """The body as views of ``size`` bytes: httpcore sends a buffer with ``send`` and keeps
-    ``buffer[n:]`` for the next call, a copy of the rest of a ``bytes`` body each time (for a 5 MB
-    body in ~200 KiB sends, ~60 MB copied into freshly faulted memory); a view's slice copies nothing."""
+    ``buffer[n:]`` for the next call, a copy of the rest of a ``bytes`` body after every ``send`` (into
+    fresh memory, for bodies of megabytes); a view's slice copies nothing. The same for both servers."""
     view = memoryview(body)
     for start in range(0, len(view), size):
         yield view[start:start + size]

@@ -35,16 +35,18 @@ def parts(response: httpx.Response) -> list[bytes]:
 
 
 def start(tmp_path: Path, processes: int, sock: Path) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
-    urls_file = tmp_path / "urls.json"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "servers.cli", "--log-level", "WARNING", "pacs", "--data-dir",
-         str(tmp_path / "pacs"), "--processes", str(processes), "--unix-socket", str(sock),
-         "--urls-file", str(urls_file)],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE)
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    urls_file, log = tmp_path / "urls.json", tmp_path / "pacs.log"
+    with log.open("wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "servers.cli", "--log-level", "WARNING", "pacs", "--data-dir",
+             str(tmp_path / "pacs"), "--processes", str(processes), "--unix-socket", str(sock),
+             "--urls-file", str(urls_file)],
+            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
+            stderr=log_file)
     deadline = time.monotonic() + 60
     while not urls_file.exists():
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        assert proc.poll() is None, log.read_text()
         assert time.monotonic() < deadline, "the PACS did not write its URLs file"
         time.sleep(0.05)
     return proc, json.loads(urls_file.read_text())

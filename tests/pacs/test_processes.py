@@ -39,14 +39,14 @@ class Running:
         return [int(pid) for pid in children]
 
 
-def start(tmp_path: Path, processes: int) -> Running:
+def start(tmp_path: Path, processes: int, *extra: str) -> Running:
     tmp_path.mkdir(parents=True, exist_ok=True)
     urls_file = tmp_path / "urls.json"
     log = tmp_path / "pacs.log"
     with log.open("wb") as log_file:
         proc = subprocess.Popen(
             [sys.executable, "-m", "servers.cli", "--log-level", "WARNING", "pacs", "--data-dir",
-             str(tmp_path / "pacs"), "--processes", str(processes), "--urls-file", str(urls_file)],
+             str(tmp_path / "pacs"), "--processes", str(processes), "--urls-file", str(urls_file), *extra],
             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
             stderr=log_file)
     deadline = time.monotonic() + 60
@@ -67,9 +67,11 @@ def stop(running: Running, sig: int = signal.SIGTERM) -> int:
         raise
 
 
-@pytest.fixture
-def two_workers(tmp_path: Path) -> Iterator[Running]:
-    running = start(tmp_path, 2)
+@pytest.fixture(params=[(), ("--no-fsync",)], ids=["fsync", "no-fsync"])
+def two_workers(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Running]:
+    """Two workers; with and without fsync, as parts are then stored in worker threads or on the event
+    loop (servers/pacs/handlers.py)."""
+    running = start(tmp_path, 2, *request.param)
     yield running
     stop(running)
 

@@ -4,17 +4,30 @@ from __future__ import annotations
 
 import io
 import socket
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pydicom
+import pytest
 
 from s4s_jupyter.core.multipart import encode_parts
 from servers.demo_data.plan import DemoPlan
 from servers.pacs.settings import PACSSettings
 from servers.runtime import ServerLoop
 from tests.pacs.conftest import PACS, STOW_TYPE, parse_multipart, start_pacs
+
+
+@pytest.fixture(params=[True, False], ids=["fsync", "no-fsync"])
+def pacs(server_loop: ServerLoop, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[PACS]:
+    """An empty PACS of this test alone (upload limit 4 MiB), with and without fsync: parts are then
+    stored in worker threads or on the event loop (servers/pacs/handlers.py), and both must answer the
+    same."""
+    p = start_pacs(server_loop, PACSSettings(data_dir=tmp_path / "pacs", max_upload_bytes=4 * 1024 * 1024,
+                                             fsync=request.param))
+    yield p
+    p.http.close()
 
 REFERENCED = "00081199"
 FAILED = "00081198"

@@ -12,7 +12,6 @@ import socket
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -24,6 +23,7 @@ from s4s_jupyter.core.multipart import iter_parts, parse_content_type
 from servers.demo_data.dicom import iter_plan
 from servers.demo_data.plan import DemoPlan
 from servers.runtime import StartupError, bind_unix
+from tests.pacs import test_processes as processes_test
 
 ROOT = Path(__file__).resolve().parents[2]
 DICOM_PARTS = 'multipart/related; type="application/dicom"'
@@ -35,21 +35,9 @@ def parts(response: httpx.Response) -> list[bytes]:
 
 
 def start(tmp_path: Path, processes: int, sock: Path) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    urls_file, log = tmp_path / "urls.json", tmp_path / "pacs.log"
-    with log.open("wb") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "servers.cli", "--log-level", "WARNING", "pacs", "--data-dir",
-             str(tmp_path / "pacs"), "--processes", str(processes), "--unix-socket", str(sock),
-             "--urls-file", str(urls_file)],
-            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
-            stderr=log_file)
-    deadline = time.monotonic() + 60
-    while not urls_file.exists():
-        assert proc.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, "the PACS did not write its URLs file"
-        time.sleep(0.05)
-    return proc, json.loads(urls_file.read_text())
+    """``s4s-servers pacs --unix-socket sock`` as users run it; the process and its URLs file."""
+    running = processes_test.start(tmp_path, processes, "--unix-socket", str(sock))
+    return running.proc, json.loads((tmp_path / "urls.json").read_text())
 
 
 @pytest.mark.parametrize("processes", [1, 2])

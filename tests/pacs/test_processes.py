@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -214,7 +215,8 @@ def test_signals_to_every_process_at_once_stop_them_all(tmp_path: Path) -> None:
         pids = [running.proc.pid, *running.workers()]
         for _ in range(2):
             for pid in pids:
-                os.kill(pid, signal.SIGTERM)
+                with contextlib.suppress(ProcessLookupError):  # a worker may be gone by the second one
+                    os.kill(pid, signal.SIGTERM)
         assert running.proc.wait(timeout=30) == 0
         deadline = time.monotonic() + 10
         while any(Path(f"/proc/{pid}").exists() for pid in pids[1:]) and time.monotonic() < deadline:

@@ -24,9 +24,11 @@ class PACSSettings:
     - ``sendfile_min_bytes``: stored files at least this large are sent with ``sendfile(2)`` (no copy
       through Python) when the answer's length is known; smaller ones are read and sent in blocks, with
       their multipart delimiters, several files to a block. ``None`` turns zero-copy sending off. Each
-      file sent with ``sendfile`` costs a delimiter write, a flush and a ``sendfile`` call: on 128 KiB
-      files the block path gave an httpx client 7-23% more (453-531 -> 559-570 MB/s, curl level), on
-      512 KiB files ``sendfile`` uses half the server CPU per GB; hence 256 KiB.
+      file sent with ``sendfile`` costs a delimiter write, a flush and a ``sendfile`` call, and saves a
+      copy through Python: 64 KiB. On 128 KiB files (``make bench --size small``, two runs each, side by
+      side with Orthanc) ``sendfile`` gave 4 concurrent retrieves 1.04x and 1.18x Orthanc against 0.95x
+      and 0.89x for the block path, 8 concurrent 1.61-1.72x against 1.33-1.36x, one httpx stream
+      1.26-1.45x against 1.44-1.63x (it had been 256 KiB while a slower httpx client favoured blocks).
     - ``shared_store``: the store's folder is owned by a supervisor process (``--processes N``): open it
       without locking or tidying it (see :class:`servers.pacs.store.Store`).
     """
@@ -38,5 +40,5 @@ class PACSSettings:
     read_chunk_bytes: int = 4 * 1024 * 1024
     workers: int = 8
     fsync: bool = True
-    sendfile_min_bytes: int | None = 256 * 1024
+    sendfile_min_bytes: int | None = 64 * 1024
     shared_store: bool = False

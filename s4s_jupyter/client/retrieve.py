@@ -923,9 +923,8 @@ class Retriever:
         # a series of which nothing was recorded before has nothing to resume: it is fetched whole while
         # its instance list is asked for (QIDO-RS), as in load(); the list is needed only for the manifest
         started = {rec.get("series_uid") for rec in previous.values()}
-        early = [] if None in started else [t for t in dict.fromkeys(targets) if t.series_uid not in started
-                                            and self._fetch_while_listing(t, first_only)]
-        later = [t for t in dict.fromkeys(targets) if t not in set(early)]
+        early, later = self._split(targets, first_only, lambda t: None not in started
+                                   and t.series_uid not in started)
         with _Listing(self, early) as listing:
             resolved = dict(zip(later, self.resolve(later), strict=True))
             expected = {t: _chosen(t, first_only) for t in resolved.values()}
@@ -938,9 +937,18 @@ class Retriever:
         expected = {t: _chosen(t, first_only) for t in (resolved[t] for t in dict.fromkeys(targets))}
         return _manifest(run, expected, errors)
 
-    def _fetch_while_listing(self, target: SeriesTarget, first_only: bool) -> bool:
-        """Whether ``target`` is fetched as a whole series while its instance list is asked for."""
-        return target.instances is None and target.only is None and not first_only and not self.split_series
+    def _split(self, targets: Sequence[SeriesTarget], first_only: bool,
+               eligible: Callable[[SeriesTarget], bool]) -> tuple[list[SeriesTarget], list[SeriesTarget]]:
+        """The distinct ``targets`` as (early, later): early ones are fetched as whole series while their
+        instance lists are asked for (:class:`_Listing`); later ones are listed first. A target is early
+        when its list is not known, it is wanted whole, and ``eligible(target)`` (download: nothing of
+        it to resume)."""
+        early: list[SeriesTarget] = []
+        later: list[SeriesTarget] = []
+        for t in dict.fromkeys(targets):
+            whole = t.instances is None and t.only is None and not first_only and not self.split_series
+            (early if whole and eligible(t) else later).append(t)
+        return early, later
 
     def _download(self, run: _Run, previous: Mapping[str, Mapping[str, Any]],
                   expected: Mapping[SeriesTarget, Sequence[InstanceInfo]], first_only: bool,
@@ -979,8 +987,7 @@ class Retriever:
         targets = list(targets)
         # whole series whose instance lists are not known yet are fetched while their lists are asked
         # for (_Listing): the lists are needed only at the end, to check that every instance came
-        early = [t for t in dict.fromkeys(targets) if self._fetch_while_listing(t, first_only)]
-        later = [t for t in dict.fromkeys(targets) if t not in set(early)]
+        early, later = self._split(targets, first_only, lambda t: True)
         with _Listing(self, early) as listing:
             resolved = dict(zip(later, self.resolve(later), strict=True))
             count = sum(len(_chosen(t, first_only)) for t in resolved.values())

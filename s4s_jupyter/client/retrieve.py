@@ -92,10 +92,21 @@ class _Header:
 
     @classmethod
     def of(cls, ds: Dataset) -> _Header:
-        number = ds.get("InstanceNumber")
-        return cls(str(ds.get("StudyInstanceUID", "")), str(ds.get("SeriesInstanceUID", "")),
-                   str(ds.get("SOPInstanceUID", "")), str(ds.get("PatientID", "") or ""),
-                   int(number) if number not in (None, "") else None)
+        """From a Dataset's elements, left as read: an element pydicom has not converted yet is read from
+        its ASCII bytes (converting the five cost 5-8% of the kit's CPU on 128 KiB instances, issue 5)."""
+        def text(tag: int) -> str:
+            elem = ds.get_item(tag)
+            if elem is None:
+                return ""
+            value = elem.value
+            if isinstance(value, bytes) and value.isascii():
+                return _text(value)
+            value = ds[tag].value  # converted by pydicom (a character set, an odd VR)
+            return "" if value is None else str(value)
+
+        number = text(0x00200013)
+        return cls(text(0x0020000D), text(0x0020000E), text(0x00080018), text(0x00100020),
+                   int(number) if number.lstrip("+-").isdigit() else None)
 
 
 def _text(value: Any) -> str:
@@ -460,54 +471,6 @@ class _Run:
         self.progress.close()
 
 
-class _PartReader(io.RawIOBase):
-    """A read-only, seekable file over the bytes of one part, for ``dcmread``: ``read`` copies straight
-    from the part's buffer into the ``bytes`` pydicom keeps (``BytesIO`` would need its own copy of the
-    part first). ``close`` lets the buffer go: pydicom keeps the object it read from (``Dataset.buffer``),
-    and a closed one holds nothing (the Dataset is complete without it)."""
-
-    def __init__(self, view: memoryview) -> None:
-        super().__init__()
-        self._view: memoryview | None = view
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def read(self, size: int | None = -1) -> bytes:
-        view = self._view
-        if view is None:
-            raise ValueError("read of a closed part")
-        start = self._pos
-        end = len(view) if size is None or size < 0 else min(len(view), start + size)
-        self._pos = max(start, end)
-        return view[start:end].tobytes()
-
-    def readinto(self, b: Any) -> int:
-        data = self.read(len(b))
-        b[:len(data)] = data
-        return len(data)
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        if self._view is None:
-            raise ValueError("seek in a closed part")
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def close(self) -> None:
-        if self._view is not None:
-            self._view.release()
-            self._view = None
-        super().close()
-
-
 class _PartWriter:
     """One multipart part on its way to disk or memory.
 
@@ -530,8 +493,8 @@ class _PartWriter:
         self.tmp: str | None = None
         self.out: BinaryIO | None = None
         #: in memory: the part gathers in its thread's buffer (reused part after part, so its pages are
-        #: not faulted in again), read once by pydicom through a :class:`_PartReader` (issue 5: a fresh
-        #: ``BytesIO`` per part copied each byte twice into new memory, and pydicom kept it alive)
+        #: not faulted in again), read once by :func:`~s4s_jupyter.client.part10.read_part10` (issue 5:
+        #: a fresh ``BytesIO`` per part copied each byte twice into new memory, and pydicom kept it alive)
         self.buf: bytearray | None = None if self.to_disk else run.part_buffer()
 
     def write(self, data: bytes) -> None:
@@ -612,7 +575,6 @@ class _PartWriter:
             self.tmp = None
 
     def finish(self) -> None:
-        from pydicom import dcmread
         from pydicom.errors import InvalidDicomError
 
         if self.to_disk and self.out is None and not self.skip:
@@ -624,17 +586,11 @@ class _PartWriter:
         ds = None
         try:
             if self.buf is not None:
-                # the UIDs from the bytes (as on the way to disk), checked before pydicom parses a part
-                # not asked for; reading them back from the Dataset cost 5-8% of the kit's CPU (issue 5)
-                header = _header_from_head(bytes(self.buf[:min(self.size, _HEAD_BYTES)]))
-                if header is not None and not self._wanted(header):
-                    self.buf = None
-                    return
-                with _PartReader(memoryview(self.buf)[:self.size]) as reader:
-                    ds = dcmread(reader)
+                from s4s_jupyter.client.part10 import read_part10
+
+                ds = read_part10(memoryview(self.buf)[:self.size])
                 self.buf = None
-                if header is None:
-                    header = _Header.of(ds)
+                header = _Header.of(ds)  # checked below, like the UIDs on the way to disk
             else:
                 assert self.out is not None
                 if header is None:

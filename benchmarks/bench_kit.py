@@ -37,7 +37,7 @@ ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 KIT = r"""
 import json, resource, sys, time
 import pandas, pydicom, httpx, tqdm.auto, dicomweb_client  # imports are not what is measured
-from s4s_jupyter.client import dicomweb, retrieve
+from s4s_jupyter.client import auth, dicomweb, part10, retrieve
 from s4s_jupyter import DICOMweb
 url, study, out, connections, what = sys.argv[1:6]
 t = time.perf_counter()
@@ -75,7 +75,7 @@ print(json.dumps({"seconds": elapsed, "bytes": total, "files": len(datasets),
 KIT_DATASETS = r"""
 import json, resource, sys, time
 import pandas, pydicom, httpx, tqdm.auto, dicomweb_client  # imports are not what is measured
-from s4s_jupyter.client import dicomweb, retrieve
+from s4s_jupyter.client import auth, dicomweb, part10, retrieve
 from s4s_jupyter import DICOMweb
 url, study, connections = sys.argv[1:4]
 t = time.perf_counter()

@@ -109,9 +109,10 @@ def read_part10(view: memoryview) -> FileDataset:
 
 
 def _elements(view: memoryview, pos: int, group: int | None,
-              source: PartReader) -> tuple[dict[BaseTag, Any], int] | None:
+              source: PartReader) -> tuple[dict[BaseTag, Any], str | list[str], int] | None:
     """The raw elements from ``pos`` to the end (``group``: only while the tags are of that group),
-    and where reading stopped; None for anything the fast path leaves to ``dcmread``. A sequence of
+    their character set (as pydicom names it) and where reading stopped; None for anything the fast
+    path leaves to ``dcmread``. A sequence of
     undefined length is read as ``dcmread`` reads it, by pydicom from ``source`` (a parsed element)."""
     vrs = _VRS
     unpack = _ELEMENT.unpack_from
@@ -163,7 +164,7 @@ def _elements(view: memoryview, pos: int, group: int | None,
             encoding = convert_encodings(convert_string(cast(bytes, value) or b"", True))
         elements[tag] = _raw(RawDataElement, (tag, vr, length, value, start, False, True, True, False))
         pos = stop
-    return elements, pos
+    return elements, encoding, pos
 
 
 def _items_end(view: memoryview, pos: int) -> int | None:
@@ -186,7 +187,7 @@ def _read_fast(view: memoryview, source: PartReader) -> FileDataset | None:
     meta = _elements(view, 132, 2, source)
     if meta is None or not meta[0]:
         return None
-    meta_elements, pos = meta
+    meta_elements, pos = meta[0], meta[2]
     syntax = meta_elements.get(BaseTag(0x00020010))
     if syntax is None or not syntax.value:
         return None
@@ -197,14 +198,12 @@ def _read_fast(view: memoryview, source: PartReader) -> FileDataset | None:
     body = _elements(view, pos, None, source)
     if body is None:
         return None
-    elements = body[0]
 
+    elements, encoding, _ = body
+    # dcmread leaves the few elements it looked at while reading (the transfer syntax, the character
+    # set) converted, here they stay raw: the same Dataset, each element converted on first access
     file_meta = FileMetaDataset(meta_elements)
     file_meta.set_original_encoding(False, True, default_encoding)
-    # the elements dcmread looks at while reading, converted as it leaves them
-    file_meta[next(iter(meta_elements))]
-    file_meta.get("TransferSyntaxUID")
-    file_meta.get("FileMetaInformationGroupLength")
     ds = FileDataset(source, elements, view[:128].tobytes(), file_meta, False, True)
-    ds.set_original_encoding(False, True, ds._character_set)  # converts (0008,0005) as dcmread does
+    ds.set_original_encoding(False, True, encoding)
     return ds

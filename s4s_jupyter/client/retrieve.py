@@ -236,7 +236,7 @@ class _CRC32:
     def __init__(self) -> None:
         self.value = 0
 
-    def update(self, data: bytes) -> None:
+    def update(self, data: bytes | memoryview) -> None:
         self.value = zlib.crc32(data, self.value)
 
     def hexdigest(self) -> str:
@@ -244,7 +244,7 @@ class _CRC32:
 
 
 class _Digest(Protocol):
-    def update(self, data: bytes, /) -> None: ...
+    def update(self, data: bytes | memoryview, /) -> None: ...
 
     def hexdigest(self) -> str: ...
 
@@ -492,15 +492,23 @@ class _PartWriter:
         self.skip = False  # not asked for, or already complete: nothing is written
         self.tmp: str | None = None
         self.out: BinaryIO | None = None
-        #: in memory: the part gathers in its thread's buffer (reused part after part, so its pages are
-        #: not faulted in again), read once by :func:`~s4s_jupyter.client.part10.read_part10` (issue 5:
-        #: a fresh ``BytesIO`` per part copied each byte twice into new memory, and pydicom kept it alive)
+        #: in memory: a part that came in one piece is read where it is (a view of the chunk received);
+        #: one in several pieces gathers in its thread's buffer (reused part after part, so its pages are
+        #: not faulted in again); either is read once by :func:`~s4s_jupyter.client.part10.read_part10`
+        #: (issue 5: a fresh ``BytesIO`` per part copied each byte twice into new memory)
         self.buf: bytearray | None = None if self.to_disk else run.part_buffer()
+        self.piece: bytes | memoryview | None = None
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         start = self.size
         self.size += len(data)
         if self.buf is not None:
+            if start == 0:
+                self.piece = data
+                return
+            if self.piece is not None:  # a second piece: both go to the buffer
+                self.buf[:start] = self.piece
+                self.piece = None
             self.buf[start:self.size] = data  # in place once the buffer has grown to the largest part
             return
         if self.out is None:
@@ -517,10 +525,10 @@ class _PartWriter:
         if self.hash is not None:
             self.hash.update(data)
 
-    def _open(self, head: bytes) -> None:
+    def _open(self, head: bytes | memoryview) -> None:
         """Decide where the part goes from its first bytes (``head``), and write them there."""
         assert self.run.directory is not None
-        header = _header_from_head(head)
+        header = _header_from_head(head if isinstance(head, bytes) else head[:_HEAD_BYTES].tobytes())
         if header is not None:
             if not self._wanted(header):
                 self.skip = True
@@ -588,8 +596,8 @@ class _PartWriter:
             if self.buf is not None:
                 from s4s_jupyter.client.part10 import read_part10
 
-                ds = read_part10(memoryview(self.buf)[:self.size])
-                self.buf = None
+                ds = read_part10(memoryview(self.piece if self.piece is not None else self.buf)[:self.size])
+                self.buf = self.piece = None
                 header = _Header.of(ds)  # checked below, like the UIDs on the way to disk
             else:
                 assert self.out is not None
@@ -804,7 +812,7 @@ class Retriever:
                         return
                     if media != "multipart/related" or "boundary" not in params:
                         raise ClientError(f"GET {unit.url}: unexpected Content-Type {media!r}", status=502)
-                    parser = MultipartParser(params["boundary"])
+                    parser = MultipartParser(params["boundary"], views=True)
                     for chunk in response.stream(_CHUNK_BYTES):
                         if run.cancelled.is_set():
                             raise ClientError("cancelled", status=499)

@@ -83,7 +83,7 @@ class PartStart:
 
 @dataclass
 class PartData:
-    data: bytes
+    data: bytes | memoryview  # memoryview with ``MultipartParser(views=True)``
 
 
 @dataclass
@@ -105,6 +105,9 @@ class MultipartParser:
 
     boundary: str
     max_header_bytes: int = 16384
+    #: yield a part's bytes as ``memoryview`` slices of the chunk fed (no copy; they keep the chunk
+    #: alive) instead of ``bytes`` copies of those slices
+    views: bool = False
     _buf: bytearray = field(default_factory=bytearray)
     _state: str = "preamble"  # preamble | after_delim | headers | body | epilogue
     _in_part: bool = False
@@ -125,17 +128,18 @@ class MultipartParser:
             self._buf.clear()
         pos, n = 0, len(data)
         delim = self._delim
+        piece = memoryview(data) if self.views else data
         while True:
             if self._state == "body":
                 i = data.find(delim, pos)
                 if i < 0:
                     end = n - self._partial_delimiter(data, pos)
                     if end > pos:
-                        yield PartData(data if pos == 0 and end == n else data[pos:end])
+                        yield PartData(piece if pos == 0 and end == n else piece[pos:end])
                     self._buf += data[end:]
                     return
                 if i > pos:
-                    yield PartData(data[pos:i])
+                    yield PartData(piece[pos:i])
                 pos = i + len(delim)
                 self._in_part = False
                 self._state = "after_delim"
@@ -224,7 +228,7 @@ def iter_parts(body: bytes, boundary: str) -> Iterator[tuple[dict[str, str], byt
     """Parse a whole in-memory body into ``(headers, payload)`` pairs."""
     parser = MultipartParser(boundary)
     headers: dict[str, str] = {}
-    data: list[bytes] = []
+    data: list[bytes | memoryview] = []
     for event in parser.feed(body):
         if isinstance(event, PartStart):
             headers, data = event.headers, []

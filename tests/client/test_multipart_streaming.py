@@ -8,8 +8,8 @@ import random
 from s4s_jupyter.core.multipart import MultipartParser, PartData, PartEnd, PartStart, encode_parts
 
 
-def parse(body: bytes, boundary: str, sizes: list[int]) -> list[bytes]:
-    parser = MultipartParser(boundary)
+def parse(body: bytes, boundary: str, sizes: list[int], views: bool = False) -> list[bytes]:
+    parser = MultipartParser(boundary, views=views)
     parts: list[bytes] = []
     pos = 0
     k = 0
@@ -20,7 +20,7 @@ def parse(body: bytes, boundary: str, sizes: list[int]) -> list[bytes]:
             if isinstance(event, PartStart):
                 parts.append(b"")
             elif isinstance(event, PartData):
-                assert isinstance(event.data, bytes) and event.data
+                assert isinstance(event.data, memoryview if views else bytes) and event.data
                 parts[-1] += event.data
             else:
                 assert isinstance(event, PartEnd)
@@ -40,7 +40,9 @@ def test_random_chunkings_of_parts_full_of_near_delimiters() -> None:
         body, _ = encode_parts([("application/dicom", p) for p in payloads], boundary)
         sizes = [rng.randrange(1, 90) for _ in range(7)]
         assert parse(body, boundary, sizes) == payloads
+        assert parse(body, boundary, sizes, views=True) == payloads
         assert parse(body, boundary, [len(body)]) == payloads
+        assert parse(body, boundary, [len(body)], views=True) == payloads
         framed = b"a preamble\r\n" + body + b"an epilogue\r\n--" + boundary.encode()
         assert parse(framed, boundary, sizes) == payloads
 
@@ -58,3 +60,13 @@ def test_a_chunk_inside_a_part_is_passed_on_as_it_is() -> None:
     rest = list(parser.feed(body[start + 70000:]))
     parser.close()
     assert isinstance(rest[-1], PartEnd)
+
+
+def test_views_are_slices_of_the_chunk_fed() -> None:
+    payloads = [bytes(range(256)) * 40, b"second part"]
+    body, boundary = encode_parts([("application/dicom", p) for p in payloads])
+    parser = MultipartParser(boundary, views=True)
+    data = [e.data for e in parser.feed(body) if isinstance(e, PartData)]
+    parser.close()
+    assert [bytes(d) for d in data] == payloads
+    assert all(isinstance(d, memoryview) and d.obj is body for d in data)  # no copy

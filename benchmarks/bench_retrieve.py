@@ -116,7 +116,7 @@ def broker(pacs: str, broker_base: str, token: str, study_uids: list[str], round
     """The same studies through the broker (a valid token, re-authorized on every request) vs straight
     from our PACS, with curl and with the httpx client (as the issue's whole-study row): two figures.
     ``link`` says how the broker reaches the PACS; ``target``: whether the issue's target applies (it
-    does to the co-located deployment, a Unix socket; over TCP the figures are reported)."""
+    does to the co-located deployment, connections handed to the PACS; relays are reported)."""
     client = httpx.Client(timeout=300)
     auth = {"Authorization": f"Bearer {token}"}
     getters: dict[str, Callable[[dict[str, str]], Getter]] = {
@@ -126,7 +126,7 @@ def broker(pacs: str, broker_base: str, token: str, study_uids: list[str], round
     figures = []
     for tool, make in getters.items():
         fig = Figure("WADO-RS retrieve", f"whole study through our broker ({tool}, valid token; broker to "
-                     f"PACS over {link}), warm", "MB/s", "broker", "PACS direct", BROKER if target else None)
+                     f"PACS: {link}), warm", "MB/s", "broker", "PACS direct", BROKER if target else None)
 
         def via(base: str, headers: dict[str, str], make: Callable[[dict[str, str]], Getter] = make
                 ) -> Callable[[], float]:

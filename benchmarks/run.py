@@ -26,7 +26,15 @@ from benchmarks import bench_fhir, bench_kit, bench_query, bench_retrieve, bench
 from benchmarks.bench_retrieve import Server
 from benchmarks.dataset import SIZES, build
 from benchmarks.stats import Figure, stopwatch
-from benchmarks.systems import load_orthanc, load_pacs, pacs_socket, start_broker_stack, start_pacs, stop
+from benchmarks.systems import (
+    load_orthanc,
+    load_pacs,
+    pacs_handoff,
+    pacs_socket,
+    start_broker_stack,
+    start_pacs,
+    stop,
+)
 from servers.broker.app import quiet_httpx
 from servers.runtime import ServerLoop
 from tests.support.orthanc import OrthancServer
@@ -128,11 +136,15 @@ def main() -> None:
                 print("broker")
                 # the token's patient's studies, repeated to the whole-study rows' sample size
                 uids = [patient.studies[i % len(patient.studies)].study_uid for i in range(per_sample)]
-                for link, socket_path in (("Unix socket", pacs_socket(work)), ("TCP", None)):
-                    broker_dicomweb = stack.start_broker(pacs_url, socket_path)
+                # the target applies to the co-located deployment (connections handed to the PACS);
+                # the relays over a Unix socket and over TCP are reported beside it
+                for link, socket_path, handoff in (("handoff", pacs_socket(work), pacs_handoff(work)),
+                                                   ("Unix socket", pacs_socket(work), None),
+                                                   ("TCP", None, None)):
+                    broker_dicomweb = stack.start_broker(pacs_url, socket_path, handoff)
                     procs.append(stack.brokers[-1])
                     figures += bench_retrieve.broker(pacs_url, broker_dicomweb, token, uids, rounds, link,
-                                                     target=socket_path is not None)
+                                                     target=handoff is not None)
             if "fhir" in groups:
                 print(f"FHIR ({args.observations} Observations)")
                 with stopwatch() as t_obs:

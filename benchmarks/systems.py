@@ -86,16 +86,23 @@ def load_orthanc(orthanc: OrthancServer, files: Iterable[Path], threads: int = 2
 
 def start_pacs(store_dir: Path, work: Path) -> tuple[subprocess.Popen[bytes], str]:
     """``s4s-servers pacs`` on the store, in a subprocess with one worker process per core, listening on
-    ``work/pacs.sock`` too (for the broker); returns the (supervisor) process and its DICOMweb base."""
+    ``work/pacs.sock`` and taking handoffs on ``work/pacs-handoff.sock`` too (for the brokers); returns
+    the (supervisor) process and its DICOMweb base."""
     processes = str(os.cpu_count() or 1)  # as Orthanc, which uses every core by default
     proc, urls = start_role(["pacs", "--data-dir", str(store_dir), "--no-fsync", "--processes", processes,
-                             "--unix-socket", str(pacs_socket(work))], work, "pacs")
+                             "--unix-socket", str(pacs_socket(work)),
+                             "--handoff-socket", str(pacs_handoff(work))], work, "pacs")
     return proc, str(urls["pacs_dicomweb"])
 
 
 def pacs_socket(work: Path) -> Path:
     """The Unix socket :func:`start_pacs` listens on."""
     return work / "pacs.sock"
+
+
+def pacs_handoff(work: Path) -> Path:
+    """The handoff socket of :func:`start_pacs` (:mod:`servers.handoff`)."""
+    return work / "pacs-handoff.sock"
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -122,14 +129,17 @@ class BrokerStack:
         user = next(u for u in plan.users if u.patient_ids == (patient_id,))
         return str(launch(self.ehr, user.username, user.password, patient_id)["access_token"])
 
-    def start_broker(self, pacs_dicomweb: str, pacs_unix_socket: Path | None = None) -> str:
+    def start_broker(self, pacs_dicomweb: str, pacs_unix_socket: Path | None = None,
+                     pacs_handoff: Path | None = None) -> str:
         """One more ``s4s-servers broker`` in front of ``pacs_dicomweb``, reaching it over
-        ``pacs_unix_socket`` when given, else over TCP; returns its DICOMweb base."""
+        ``pacs_unix_socket`` when given, else over TCP, and handing retrieves' connections to it over
+        ``pacs_handoff`` when given; returns its DICOMweb base."""
         name = f"broker-{len(self.brokers)}"
         proc, urls = start_role(["broker", "--pacs", pacs_dicomweb, "--introspection", self.introspection,
                                  "--ehr", self.ehr + "/fhir", "--client-secret-file", str(self.secret_file),
                                  "--data-dir", str(self.work / name),
-                                 *(["--pacs-socket", str(pacs_unix_socket)] if pacs_unix_socket else [])],
+                                 *(["--pacs-socket", str(pacs_unix_socket)] if pacs_unix_socket else []),
+                                 *(["--pacs-handoff", str(pacs_handoff)] if pacs_handoff else [])],
                                 self.work, name)
         self.brokers.append(proc)
         return str(urls["broker_dicomweb"])

@@ -85,8 +85,9 @@ def reserve(host: str = "127.0.0.1", port: int = 0) -> Reservation:
     return Reservation(host, socks[0].getsockname()[1], socks)
 
 
-def bind_unix(path: str) -> socket.socket:
-    """A listening Unix-domain socket at ``path``, readable and writable by this user only (0600).
+def bind_unix(path: str, kind: int = socket.SOCK_STREAM) -> socket.socket:
+    """A listening Unix-domain socket at ``path``, readable and writable by this user only (0600);
+    ``kind``: ``SOCK_STREAM`` (HTTP) or ``SOCK_SEQPACKET`` (:mod:`servers.handoff`).
 
     A socket file left by a server that is gone is replaced; one a live server still accepts on is not
     (:class:`StartupError`, as for a port in use), nor is any other kind of file. For a co-located
@@ -96,17 +97,19 @@ def bind_unix(path: str) -> socket.socket:
     with contextlib.suppress(FileNotFoundError):
         if not stat.S_ISSOCK(os.stat(path).st_mode):
             raise StartupError(f"{path} exists and is not a socket")
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe = socket.socket(socket.AF_UNIX, kind)
         try:
             probe.connect(path)
         except (ConnectionRefusedError, FileNotFoundError):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)  # left by a server that stopped without removing it
+        except OSError as exc:  # e.g. a live socket of another kind (EPROTOTYPE)
+            raise StartupError(f"the socket {path} is in use ({exc.strerror})") from None
         else:
             raise StartupError(f"the socket {path} is in use by another server")
         finally:
             probe.close()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_UNIX, kind)
     try:
         sock.bind(path)
         os.chmod(path, 0o600)  # before listen(): nobody can connect until then

@@ -28,6 +28,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pacs-socket", metavar="PATH",
                    help="reach the PACS over this Unix-domain socket (same host, plain HTTP; ours: "
                         "s4s-servers pacs --unix-socket PATH); --pacs then gives the paths only")
+    p.add_argument("--pacs-handoff", metavar="PATH",
+                   help="hand authorized retrieves' client connections to the PACS through this Unix socket "
+                        "(same host; ours: s4s-servers pacs --handoff-socket PATH): the PACS answers on them "
+                        "directly, the broker leaves the data path (docs/broker.md)")
     p.add_argument("--introspection", required=True, metavar="URL",
                    help="an RFC 7662 endpoint: the token introspection service or the EHR's own")
     p.add_argument("--ehr", required=True, metavar="URL", help="the EHR's FHIR base (e.g. http://host/fhir)")
@@ -67,8 +71,8 @@ def run(args: argparse.Namespace, loop: ServerLoop) -> dict[str, Any]:
     secret = client_secret(args, SECRET_ENV)
     pacs_auth = (Path(args.pacs_authorization_file).read_text().strip()
                  if args.pacs_authorization_file else None)
-    if args.pacs_socket and not args.pacs.startswith("http://"):
-        raise StartupError("--pacs-socket carries plain HTTP: --pacs must be an http:// URL")
+    if (args.pacs_socket or args.pacs_handoff) and not args.pacs.startswith("http://"):
+        raise StartupError("--pacs-socket and --pacs-handoff carry plain HTTP: --pacs must be an http:// URL")
     data_dir = Path(args.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     settings = BrokerSettings(
@@ -76,7 +80,8 @@ def run(args: argparse.Namespace, loop: ServerLoop) -> dict[str, Any]:
         client_id=args.client_id, client_secret=secret, patient_identifier=args.patient_identifier,
         data_dir=data_dir, upstream_timeout=args.upstream_timeout, upstream_authorization=pacs_auth,
         introspection_cache_ttl=max(0.0, args.introspection_cache_ttl),
-        pacs_socket=str(Path(args.pacs_socket).resolve()) if args.pacs_socket else None)
+        pacs_socket=str(Path(args.pacs_socket).resolve()) if args.pacs_socket else None,
+        pacs_handoff=str(Path(args.pacs_handoff).resolve()) if args.pacs_handoff else None)
     return serve(loop, settings, reserve(args.host, args.port))
 
 

@@ -26,12 +26,14 @@ from urllib.parse import unquote
 
 from tornado.iostream import IOStream, StreamClosedError
 
-from s4s_jupyter.core.errors import DICOMwebError
+from s4s_jupyter.core.errors import DICOMwebError, UpstreamError
 from s4s_jupyter.core.scopes import Interaction
 from s4s_jupyter.core.uids import check_uid
 from servers.base import DICOMwebHandler
+from servers.broker.dicomweb_upstream import DICOMwebUpstream
 from servers.broker.guard import GuardedMixin
 from servers.broker.upstream import QueryLevel, UpstreamBroken, ZeroCopyStream
+from servers.handoff import Handoff, HandoffError
 
 log = logging.getLogger("s4s.broker")
 
@@ -147,7 +149,40 @@ class DICOMwebProxyHandler(GuardedMixin, DICOMwebHandler):
             self.write_json(data, content_type=DICOM_JSON)
             return
         await self.ctx.service.check_owner(access.patient, path.study, path.series, path.instance)
+        upstream = self.ctx.service.upstream
+        client = getattr(self.request.connection, "stream", None)
+        if (self.ctx.settings.pacs_handoff and isinstance(upstream, DICOMwebUpstream)
+                and type(client) is IOStream and self.request.version == "HTTP/1.1"):
+            await self._hand_off(path, upstream, self.ctx.settings.pacs_handoff)
+            return
         await self._stream(path)
+
+    async def _hand_off(self, path: DICOMwebPath, upstream: DICOMwebUpstream, socket_path: str) -> None:
+        """Give the client's connection to the PACS, which answers this request on it
+        (:mod:`servers.handoff`); the audit records the status the PACS reports."""
+        params = [(k, v) for k, v in self.query_pairs() if k != "access_token"]
+        head = upstream.request_head(path.upstream, params, self.request.headers.get("Accept"))
+        handoff = Handoff(socket_path)
+        try:
+            try:
+                await handoff.connect()
+            except HandoffError as exc:
+                log.error("%s", exc)
+                raise UpstreamError("the PACS cannot be reached") from None
+            stream = self.detach()  # from here on the answer is the PACS's
+            self._auto_finish = False
+            try:
+                handoff.give(head, stream.socket)
+            except HandoffError as exc:
+                log.error("%s", exc)
+                self.finish_audit(502, "the PACS did not take the connection")
+                return
+            finally:
+                stream.close()  # this process's descriptor only: the PACS holds the connection
+            status = await handoff.outcome()
+            self.finish_audit(status or 502, "" if status else "the PACS did not complete its answer")
+        finally:
+            handoff.close()
 
     async def _stream(self, path: DICOMwebPath) -> None:
         params = [(k, v) for k, v in self.query_pairs() if k != "access_token"]

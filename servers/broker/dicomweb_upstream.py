@@ -22,7 +22,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import httpx
 from tornado.httputil import HTTPHeaders
@@ -101,6 +101,16 @@ class DICOMwebUpstream:
             transport=httpx.AsyncHTTPTransport(uds=unix_socket, limits=limits))
         self._auth = authorization
         self.timeout = timeout
+
+    def request_head(self, path: str, params: Sequence[tuple[str, str]], accept: str | None) -> bytes:
+        """The HTTP/1.1 head of the GET :meth:`retrieve` would send, for a connection handed to the PACS
+        (:mod:`servers.handoff`): the same path, query and headers (the broker's own credential for the
+        PACS, if any; never the user's token), and ``Connection: close``."""
+        base = urlsplit(self.base_url)
+        target = f"{base.path}/{path}" + (f"?{urlencode(list(params))}" if params else "")
+        lines = [f"GET {target} HTTP/1.1", f"Host: {base.netloc}", "Connection: close"]
+        lines += [f"{name}: {value}" for name, value in self._headers(accept).items()]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
     def _headers(self, accept: str | None) -> dict[str, str]:
         headers = {"Accept-Encoding": "identity"}

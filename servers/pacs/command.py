@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import socket
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from servers.demo import DemoContext
+from servers.handoff import HandoffListener, bind_handoff
 from servers.pacs.app import dicomweb_url, make_app
 from servers.pacs.handlers import PACSContext
 from servers.pacs.seed import seed
@@ -27,6 +29,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--unix-socket", metavar="PATH",
                    help="also listen on this Unix-domain socket (mode 0600), for a broker on the same host "
                         "(s4s-servers broker --pacs-socket PATH): that hop then skips TCP")
+    p.add_argument("--handoff-socket", metavar="PATH",
+                   help="also take client connections handed over by a broker on the same host through "
+                        "this Unix socket (mode 0600; s4s-servers broker --pacs-handoff PATH): the PACS then "
+                        "sends retrieves straight to the broker's clients (docs/broker.md)")
     p.add_argument("--urls-file", help="write {\"pacs_dicomweb\": url} to this file")
     p.add_argument("--max-upload-bytes", type=int, default=PACSSettings.max_upload_bytes,
                    help="STOW-RS bodies larger than this are refused with 413")
@@ -57,36 +63,55 @@ def _settings(args: argparse.Namespace) -> PACSSettings:
                         workers=args.workers, fsync=not args.no_fsync)
 
 
-def _reserve(args: argparse.Namespace) -> Reservation:
-    """The TCP port, plus the Unix socket when ``--unix-socket`` names one."""
+def _reserve(args: argparse.Namespace) -> tuple[Reservation, socket.socket | None]:
+    """The TCP port, plus the Unix socket when ``--unix-socket`` names one, and the handoff socket when
+    ``--handoff-socket`` does."""
     reservation = reserve(args.host, args.port)
-    if args.unix_socket:
-        try:
+    handoff_sock = None
+    try:
+        if args.unix_socket:
             reservation.sockets.append(bind_unix(args.unix_socket))
-        except BaseException:
-            for sock in reservation.sockets:
-                sock.close()
-            raise
-    return reservation
+        if args.handoff_socket:
+            handoff_sock = bind_handoff(args.handoff_socket)
+    except BaseException:
+        for sock in reservation.sockets:
+            sock.close()
+        if len(reservation.sockets) > 1:  # ours, bound before the handoff socket failed
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(args.unix_socket)
+        raise
+    return reservation, handoff_sock
+
+
+def _listen_for_handoffs(loop: ServerLoop, served: Served, sock: socket.socket | None) -> None:
+    if sock is None:
+        return
+    listener = HandoffListener(sock, served.server)
+    loop.call(listener.start)
+    served.app.settings.setdefault(CLEANUP_KEY, []).append(listener.stop)
 
 
 def _urls(args: argparse.Namespace, reservation: Reservation) -> dict[str, Any]:
     urls = {"pacs_dicomweb": dicomweb_url(reservation.url)}
     if args.unix_socket:
         urls["pacs_socket"] = str(Path(args.unix_socket).resolve())
+    if args.handoff_socket:
+        urls["pacs_handoff"] = str(Path(args.handoff_socket).resolve())
     return urls
 
 
 def _remove_socket(args: argparse.Namespace) -> None:
-    if args.unix_socket:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(args.unix_socket)
+    for path in (args.unix_socket, args.handoff_socket):
+        if path:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
 
 def run(args: argparse.Namespace, loop: ServerLoop) -> dict[str, Any]:
-    reservation = _reserve(args)
+    reservation, handoff_sock = _reserve(args)
     try:
         served = serve(loop, _settings(args), reservation)
+        _listen_for_handoffs(loop, served, handoff_sock)
     except BaseException:
         _remove_socket(args)
         raise
@@ -99,10 +124,12 @@ def run_forked(args: argparse.Namespace, announce: Callable[[dict[str, Any]], No
     supervisor opens the store once (lock, tidy, schema) and keeps its folder locked; the workers share
     it: SQLite serialises their writes, and stored files are content-addressed."""
     settings = _settings(args)
-    reservation = replace(_reserve(args), shared=True)
+    reserved, handoff_sock = _reserve(args)
+    reservation = replace(reserved, shared=True)
 
     def worker(loop: ServerLoop) -> None:
-        serve(loop, replace(settings, shared_store=True), reservation)
+        served = serve(loop, replace(settings, shared_store=True), reservation)
+        _listen_for_handoffs(loop, served, handoff_sock)
 
     folder = None
     try:

@@ -29,6 +29,7 @@ from s4s_jupyter.core.multipart import (
     related_content_type,
 )
 from s4s_jupyter.core.uids import check_uid
+from servers import handoff
 from servers.base import DICOMwebHandler
 from servers.pacs import negotiation as neg
 from servers.pacs import rendering, wado
@@ -61,6 +62,9 @@ class PACSHandler(DICOMwebHandler):
 
     def initialize(self, ctx: PACSContext) -> None:
         self.ctx = ctx
+
+    def on_finish(self) -> None:
+        handoff.report(self.request, self.get_status())  # a connection a broker handed over: its status
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.ctx.executor, fn, *args)
@@ -206,7 +210,7 @@ class StudiesHandler(SearchMixin):
             elif isinstance(event, PartData):
                 self._part_size += len(event.data)
                 if self._part_size <= self.ctx.settings.max_part_bytes:
-                    self._part.append(event.data)
+                    self._part.append(bytes(event.data))  # bytes already (the parser makes no views)
                 else:
                     self._part = []  # a part is held in memory until it is stored: drop it
             elif isinstance(event, PartEnd):

@@ -13,7 +13,7 @@ from concurrent.futures import Executor
 
 import tornado.web
 from tornado.http1connection import HTTP1Connection
-from tornado.iostream import IOStream, StreamClosedError
+from tornado.iostream import IOStream, SSLIOStream, StreamClosedError
 
 from servers.pacs.segments import FileRange, Segment, iter_blocks, known_length
 
@@ -113,7 +113,8 @@ class ZeroCopySender:
     @classmethod
     def of(cls, handler: tornado.web.RequestHandler) -> ZeroCopySender | None:
         conn = handler.request.connection
-        if not isinstance(conn, HTTP1Connection) or type(conn.stream) is not IOStream:
+        if not isinstance(conn, HTTP1Connection) or not isinstance(conn.stream, IOStream) or \
+                isinstance(conn.stream, SSLIOStream):  # a plain socket (one handed over: servers.handoff)
             return None
         if not isinstance(getattr(conn, "_expected_content_remaining", None), int):
             return None

@@ -1,0 +1,239 @@
+"""Connection handoff: the broker passes an authorized client's connection to a PACS on the same host.
+
+A relay, however lean (``splice(2)`` between the sockets, see :mod:`servers.broker.http1_stream`), makes
+the kernel move every byte twice, and on a 2-core machine shared by client, broker and PACS that costs
+the client its CPU: through the broker a whole-study retrieve ran at 0.60-0.95x of the PACS direct
+(issue 4 asks >= 0.9x). With a handoff the broker does what only it can do (introspect the token, check
+that the study is the token's patient's, audit) and then gives the client's socket itself to the PACS,
+which answers on it as on any of its own connections: ``sendfile(2)`` from its files to the client, the
+broker out of the data path. The same idea as nginx's ``X-Accel-Redirect``, with the socket passed as
+Unix systems pass descriptors (``SCM_RIGHTS``, unix(7)).
+
+The protocol, on a Unix ``SOCK_SEQPACKET`` socket of the PACS (mode 0600: the broker runs as the same
+user; no one else can connect):
+
+1. The broker connects and sends one message: the request it wants answered, as an HTTP/1.1 request
+   head it builds itself (``GET {PACS path}?{query}``, ``Accept``, ``Connection: close``; never the
+   client's token), with the client's socket attached. It then closes its own descriptor of that socket
+   (the connection stays open: the PACS holds it).
+2. The PACS serves that request on that socket through its own HTTP server, answers with
+   ``Connection: close`` and closes the connection; a failure mid-answer closes it early, so the client
+   sees a broken transfer, as from the broker's relay.
+3. The PACS sends one message back: the status it answered (ASCII digits), or ``0`` if the connection
+   ended before an answer was complete. The broker audits that.
+
+Only for plain HTTP/1.1 client connections (a TLS session's state lives in the broker's process) and
+only for answers the broker passes through unchanged (WADO-RS instances, frames, bulk data, rendered);
+searches and metadata, which the broker filters or rewrites, never take this path.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import contextlib
+import logging
+import socket
+import weakref
+from typing import Any
+
+from tornado.httpserver import HTTPServer
+from tornado.iostream import IOStream
+
+from servers.runtime import bind_unix
+
+log = logging.getLogger("s4s.handoff")
+
+MAX_HEAD_BYTES = 16 * 1024
+_FDS = socket.CMSG_SPACE(array.array("i", [0]).itemsize)
+
+
+class HandoffError(Exception):
+    """The PACS did not take the connection (no listener, refused, a broken control socket)."""
+
+
+# -- the PACS's side ------------------------------------------------------------------------------------
+
+
+class _HandedStream(IOStream):
+    """An ``IOStream`` on a handed-over socket whose first bytes are the request the broker sent.
+
+    ``read_from_fd`` is the documented place where an ``IOStream`` gets its bytes: here it returns the
+    request head first, then reads the socket as usual (a client may have nothing more to send)."""
+
+    def __init__(self, sock: socket.socket, head: bytes, closed: asyncio.Future[None]) -> None:
+        super().__init__(sock)
+        self._head = memoryview(head)
+        self._closed_future = closed
+
+    def read_from_fd(self, buf: bytearray | memoryview) -> int | None:
+        if self._head:
+            n = min(len(buf), len(self._head))
+            buf[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        return super().read_from_fd(buf)
+
+    def close_fd(self) -> None:
+        super().close_fd()
+        if not self._closed_future.done():
+            self._closed_future.set_result(None)
+
+
+#: a handed connection's answer: its status, once the PACS's handler finished it
+_answers: weakref.WeakKeyDictionary[Any, asyncio.Future[int]] = weakref.WeakKeyDictionary()
+#: how long after a handed connection closed its handler may still be finishing: a client that read the
+#: whole answer (``Connection: close``) may close before the handler's ``finish`` ran
+FINISH_GRACE = 2.0
+
+
+def report(request: Any, status: int) -> None:
+    """Called by the PACS's handlers when they finish (``on_finish``): the status the broker is told, or
+    0 if the body did not go out whole (Tornado finishes a handler whose client went away, too; what
+    it still expected of the Content-Length tells the two apart, as :mod:`servers.pacs.streaming`
+    reads it)."""
+    connection = request.connection
+    answer = _answers.get(getattr(connection, "stream", None))
+    if answer is not None and not answer.done():
+        remaining = getattr(connection, "_expected_content_remaining", None)
+        answer.set_result(status if not remaining else 0)
+
+
+def bind_handoff(path: str) -> socket.socket:
+    """The PACS's handoff socket at ``path`` (0600; a stale one is replaced, a live one refused)."""
+    return bind_unix(path, socket.SOCK_SEQPACKET)
+
+
+class HandoffListener:
+    """Accepts handoffs on ``sock`` and serves each handed connection with ``server``. Runs on the loop
+    of ``server``; :meth:`start` from that loop's thread."""
+
+    def __init__(self, sock: socket.socket, server: HTTPServer) -> None:
+        self.sock = sock
+        self.server = server
+        self.handed = 0  #: connections taken and served so far
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start(self) -> None:
+        asyncio.get_running_loop().add_reader(self.sock.fileno(), self._accept)
+
+    def stop(self) -> None:
+        """Take no more handoffs (connections already handed finish on the server); closes the socket."""
+        with contextlib.suppress(Exception):
+            asyncio.get_running_loop().remove_reader(self.sock.fileno())
+        for task in self._tasks:
+            task.cancel()
+        self.sock.close()
+
+    def _accept(self) -> None:
+        try:
+            control, _ = self.sock.accept()  # one per wakeup: worker processes share the socket
+        except (BlockingIOError, InterruptedError):
+            return
+        control.setblocking(False)
+        task = asyncio.get_running_loop().create_task(self._serve(control))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, control: socket.socket) -> None:
+        with control:
+            try:
+                head, client = await _receive(control)
+            except (HandoffError, OSError) as exc:
+                log.warning("handoff refused: %s", exc)
+                return
+            closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            try:
+                address: Any = client.getpeername() if client.family in (socket.AF_INET, socket.AF_INET6) \
+                    else ()
+            except OSError:
+                address = ()
+            stream = _HandedStream(client, head, closed)
+            answer = _answers[stream] = asyncio.get_running_loop().create_future()
+            self.handed += 1
+            self.server.handle_stream(stream, address)
+            await closed
+            try:
+                status = await asyncio.wait_for(answer, FINISH_GRACE)
+            except TimeoutError:
+                status = 0  # the answer ended unfinished (the client went away, a failure mid-answer)
+            with contextlib.suppress(OSError):
+                await asyncio.get_running_loop().sock_sendall(control, str(status).encode())
+
+
+async def _receive(control: socket.socket) -> tuple[bytes, socket.socket]:
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            head, ancillary, flags, _ = control.recvmsg(MAX_HEAD_BYTES, _FDS)
+            break
+        except (BlockingIOError, InterruptedError):
+            ready = loop.create_future()
+            loop.add_reader(control.fileno(), ready.set_result, None)
+            try:
+                await asyncio.wait_for(ready, 10)
+            finally:
+                loop.remove_reader(control.fileno())
+    fds = array.array("i")
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
+    if len(fds) != 1 or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC) or not head.endswith(b"\r\n\r\n"):
+        for fd in fds:
+            socket.close(fd)
+        raise HandoffError("a handoff message must be one request head with one socket")
+    client = socket.socket(fileno=fds[0])
+    if client.type != socket.SOCK_STREAM:
+        client.close()
+        raise HandoffError("the socket handed over is not a stream socket")
+    client.setblocking(False)
+    return head, client
+
+
+# -- the broker's side ----------------------------------------------------------------------------------
+
+
+class Handoff:
+    """One connection on its way from the broker to the PACS listening at ``path``."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.control: socket.socket | None = None
+
+    async def connect(self) -> None:
+        """Reach the PACS's handoff socket (before anything is given away); raises HandoffError."""
+        control = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        control.setblocking(False)
+        try:
+            await asyncio.get_running_loop().sock_connect(control, self.path)
+        except OSError as exc:
+            control.close()
+            raise HandoffError(f"the PACS's handoff socket {self.path} does not answer "
+                               f"({type(exc).__name__})") from None
+        self.control = control
+
+    def give(self, head: bytes, client: socket.socket) -> None:
+        """Send the request head with the client's socket; the caller then closes its own descriptor."""
+        assert self.control is not None
+        try:
+            self.control.sendmsg([head], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                           array.array("i", [client.fileno()]))])
+        except OSError as exc:
+            raise HandoffError(f"the PACS did not take the connection ({exc})") from None
+
+    async def outcome(self) -> int:
+        """The status the PACS answered on the connection (0: it ended before an answer was complete)."""
+        assert self.control is not None
+        try:
+            data = await asyncio.get_running_loop().sock_recv(self.control, 16)
+        except OSError:
+            return 0
+        return int(data) if data.isdigit() else 0
+
+    def close(self) -> None:
+        if self.control is not None:
+            self.control.close()
+            self.control = None
+
+
+__all__ = ["Handoff", "HandoffError", "HandoffListener", "bind_handoff", "report"]

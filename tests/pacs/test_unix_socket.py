@@ -93,3 +93,54 @@ def test_a_stale_socket_is_replaced_and_other_files_are_not(tmp_path: Path) -> N
     with pytest.raises(StartupError, match="not a socket"):
         bind_unix(str(precious))
     assert precious.read_text() == "keep me"
+
+
+def hand_over(path: Path, request: bytes) -> tuple[bytes, bytes]:
+    """Hand a connection to the PACS at ``path`` with ``request`` (as a broker does, servers.handoff);
+    the answer read on the connection, and the status the PACS reports."""
+    import array
+
+    a, b = socket.socketpair()
+    with a, b, socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as control:
+        control.connect(str(path))
+        control.sendmsg([request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [b.fileno()]))])
+        b.close()  # the PACS holds the connection now
+        a.settimeout(30)
+        control.settimeout(30)
+        answer = b""
+        while chunk := a.recv(1 << 20):
+            answer += chunk
+        return answer, control.recv(16)
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_handed_connections_are_served_by_every_worker(tmp_path: Path, processes: int,
+                                                       small_plan: DemoPlan) -> None:
+    handoff = tmp_path / "handoff.sock"
+    running = processes_test.start(tmp_path, processes, "--handoff-socket", str(handoff))
+    urls = json.loads((tmp_path / "urls.json").read_text())
+    try:
+        assert urls["pacs_handoff"] == str(handoff)
+        assert stat.S_IMODE(handoff.stat().st_mode) == 0o600
+        blobs = [data for _, data in iter_plan(small_plan)][:3]
+        DICOMwebClient(urls["pacs_dicomweb"]).store_instances([pydicom.dcmread(io.BytesIO(b)) for b in blobs])
+        study = pydicom.dcmread(io.BytesIO(blobs[0])).StudyInstanceUID
+        path = httpx.URL(urls["pacs_dicomweb"]).path
+        direct = httpx.get(f"{urls['pacs_dicomweb']}/studies/{study}", headers={"Accept": DICOM_PARTS})
+        request = (f"GET {path}/studies/{study} HTTP/1.1\r\nHost: pacs\r\nAccept: {DICOM_PARTS}\r\n"
+                   "Connection: close\r\n\r\n").encode()
+        for _ in range(6):  # with two workers, both take some
+            answer, status = hand_over(handoff, request)
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200 ") and b"Connection: close" in head and status == b"200"
+            ctype = next(line.split(":", 1)[1] for line in head.decode().split("\r\n")
+                         if line.lower().startswith("content-type:"))
+            boundary = parse_content_type(ctype.strip())[1]["boundary"]
+            assert [p for _, p in iter_parts(body, boundary)] == parts(direct)
+        answer, status = hand_over(handoff, f"GET {path}/studies/1.2.3.4 HTTP/1.1\r\nHost: pacs\r\n"
+                                            f"Accept: {DICOM_PARTS}\r\nConnection: close\r\n\r\n".encode())
+        assert answer.startswith(b"HTTP/1.1 404 ") and status == b"404"
+    finally:
+        running.proc.send_signal(signal.SIGTERM)
+        assert running.proc.wait(timeout=30) == 0
+    assert not handoff.exists()

@@ -27,6 +27,8 @@ T = TypeVar("T")
 
 #: settings key of an Application: callables run (in order) when the server stops.
 CLEANUP_KEY = "s4s_cleanup"
+#: ``app.settings[SERVER_KEY]``: the HTTP server serving the app (to serve a connection given back to it)
+SERVER_KEY = "s4s_http_server"
 
 
 #: the signals that stop a server (Ctrl-C, ``kill``)
@@ -234,6 +236,7 @@ class ServerLoop:
         def build() -> Served:
             app = factory(res.url)
             server = Server(app, xheaders=False, **server_options)
+            app.settings[SERVER_KEY] = server
             if res.shared:
                 accept_one_per_wakeup(server, res.sockets)
             else:

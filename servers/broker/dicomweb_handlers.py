@@ -34,6 +34,7 @@ from servers.broker.dicomweb_upstream import DICOMwebUpstream
 from servers.broker.guard import GuardedMixin
 from servers.broker.upstream import QueryLevel, UpstreamBroken, ZeroCopyStream
 from servers.handoff import Handoff, HandoffError
+from servers.runtime import SERVER_KEY
 
 log = logging.getLogger("s4s.broker")
 
@@ -159,9 +160,12 @@ class DICOMwebProxyHandler(GuardedMixin, DICOMwebHandler):
 
     async def _hand_off(self, path: DICOMwebPath, upstream: DICOMwebUpstream, socket_path: str) -> None:
         """Give the client's connection to the PACS, which answers this request on it
-        (:mod:`servers.handoff`); the audit records the status the PACS reports."""
+        (:mod:`servers.handoff`); the audit records the status the PACS reports. A connection the PACS
+        gives back is served again here, for the client's next request."""
         params = [(k, v) for k, v in self.query_pairs() if k != "access_token"]
-        head = upstream.request_head(path.upstream, params, self.request.headers.get("Accept"))
+        keep_alive = self.request.headers.get("Connection", "").lower() != "close"
+        head = upstream.request_head(path.upstream, params, self.request.headers.get("Accept"), keep_alive)
+        address = getattr(getattr(self.request.connection, "context", None), "address", ())
         handoff = Handoff(socket_path)
         try:
             try:
@@ -179,8 +183,10 @@ class DICOMwebProxyHandler(GuardedMixin, DICOMwebHandler):
                 return
             finally:
                 stream.close()  # this process's descriptor only: the PACS holds the connection
-            status = await handoff.outcome()
+            status, client = await handoff.outcome()
             self.finish_audit(status or 502, "" if status else "the PACS did not complete its answer")
+            if client is not None:
+                self.settings[SERVER_KEY].handle_stream(IOStream(client), address)
         finally:
             handoff.close()
 

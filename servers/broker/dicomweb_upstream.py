@@ -102,13 +102,16 @@ class DICOMwebUpstream:
         self._auth = authorization
         self.timeout = timeout
 
-    def request_head(self, path: str, params: Sequence[tuple[str, str]], accept: str | None) -> bytes:
+    def request_head(self, path: str, params: Sequence[tuple[str, str]], accept: str | None,
+                     keep_alive: bool) -> bytes:
         """The HTTP/1.1 head of the GET :meth:`retrieve` would send, for a connection handed to the PACS
         (:mod:`servers.handoff`): the same path, query and headers (the broker's own credential for the
-        PACS, if any; never the user's token), and ``Connection: close``."""
+        PACS, if any; never the user's token), and ``Connection: close`` unless ``keep_alive``."""
         base = urlsplit(self.base_url)
         target = f"{base.path}/{path}" + (f"?{urlencode(list(params))}" if params else "")
-        lines = [f"GET {target} HTTP/1.1", f"Host: {base.netloc}", "Connection: close"]
+        lines = [f"GET {target} HTTP/1.1", f"Host: {base.netloc}"]
+        if not keep_alive:
+            lines.append("Connection: close")
         lines += [f"{name}: {value}" for name, value in self._headers(accept).items()]
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 

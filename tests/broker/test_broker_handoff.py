@@ -105,14 +105,65 @@ def test_retrieves_are_answered_by_the_pacs_on_the_clients_connection(stack: Sta
     frame = dw.retrieve_instance_frames(plan.study_uid, series.series_uid, series.instance_uids[0], [1])
     assert len(frame) == 1 and len(frame[0]) == len(by_uid[series.instance_uids[0]].PixelData)
     assert handed.listener.handed == before + 4
-    # the PACS says Connection: close (the connection was handed over; it does not come back)
-    r = httpx.get(f"{handed.dicomweb}/studies/{plan.study_uid}",
-                  headers={**stack.headers(patient), "Accept": ACCEPT_DICOM})
-    assert r.status_code == 200 and r.headers["connection"] == "close"
-    assert r.headers["content-type"].startswith("multipart/related")
-    assert int(r.headers["content-length"]) == len(r.content)
     events = [e for e in handed.audit() if plan.study_uid in json.dumps(e)]
     assert events and all(e["outcome"] == "0" for e in events), [e.get("outcomeDesc") for e in events]
+
+
+def read_answer(sock: socket.socket, pending: bytearray) -> tuple[bytes, bytes]:
+    """One HTTP/1.1 answer (head, body by Content-Length) from ``sock``; bytes beyond it stay pending."""
+    while b"\r\n\r\n" not in pending:
+        chunk = sock.recv(1 << 20)
+        assert chunk, "the connection closed before an answer"
+        pending += chunk
+    head, _, rest = bytes(pending).partition(b"\r\n\r\n")
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:"))
+    body = bytearray(rest)
+    while len(body) < length:
+        chunk = sock.recv(1 << 20)
+        assert chunk, "the connection closed mid-answer"
+        body += chunk
+    pending[:] = body[length:]
+    return head, bytes(body[:length])
+
+
+def test_the_connection_comes_back_for_the_next_request(stack: Stack, handed: Handed) -> None:
+    """One client connection, several requests: each retrieve is handed to the PACS and the connection
+    comes back to the broker, which authorizes the next one (a search, another patient's study)."""
+    patient, other = stack.plan.patients[0], stack.plan.patients[1]
+    plan = patient.studies[0]
+    token = stack.token(patient)
+    host, port = httpx.URL(handed.dicomweb).host, httpx.URL(handed.dicomweb).port
+    path = httpx.URL(handed.dicomweb).path
+    direct = DICOMwebClient(handed.dicomweb, headers=stack.headers(patient)).retrieve_study(plan.study_uid)
+    before = handed.listener.handed
+    with socket.create_connection((host, port), timeout=30) as sock:
+        pending = bytearray()
+
+        def ask(target: str, accept: str = ACCEPT_DICOM) -> tuple[bytes, bytes]:
+            sock.sendall(f"GET {path}{target} HTTP/1.1\r\nHost: {host}\r\nAccept: {accept}\r\n"
+                         f"Authorization: Bearer {token}\r\n\r\n".encode())
+            return read_answer(sock, pending)
+
+        for _ in range(3):
+            head, body = ask(f"/studies/{plan.study_uid}")
+            assert head.startswith(b"HTTP/1.1 200 ") and b"connection: close" not in head.lower()
+            assert len(body) > sum(len(ds.PixelData) for ds in direct)
+        head, body = ask("/studies", "application/dicom+json")  # the broker's own answer, same connection
+        assert head.startswith(b"HTTP/1.1 200 ") and plan.study_uid.encode() in body
+        head, _ = ask(f"/studies/{other.studies[0].study_uid}")  # the guard, same connection
+        assert head.startswith(b"HTTP/1.1 404 ")
+        head, _ = ask(f"/studies/{plan.study_uid}/series/{plan.series[0].series_uid}")
+        assert head.startswith(b"HTTP/1.1 200 ")
+    assert handed.listener.handed == before + 4
+
+
+def test_a_client_asking_to_close_gets_its_connection_closed(stack: Stack, handed: Handed) -> None:
+    patient = stack.plan.patients[0]
+    r = httpx.get(f"{handed.dicomweb}/studies/{patient.studies[0].study_uid}",
+                  headers={**stack.headers(patient), "Accept": ACCEPT_DICOM, "Connection": "close"})
+    assert r.status_code == 200 and r.headers["connection"] == "close"
+    assert int(r.headers["content-length"]) == len(r.content)
 
 
 def test_searches_and_metadata_stay_with_the_broker(stack: Stack, handed: Handed) -> None:
@@ -211,7 +262,7 @@ def test_the_request_handed_over_carries_no_user_token(stack: Stack, tmp_path: P
     start, *lines = head.decode("latin-1").split("\r\n")
     assert start == f"GET /dicom-web/studies/{study}/rendered?quality=90 HTTP/1.1"
     assert token.encode() not in head and b"access_token" not in head and b"authorization" not in head.lower()
-    assert "Connection: close" in lines and "Accept: image/png" in lines
+    assert "Accept: image/png" in lines and not any(line.lower().startswith("connection") for line in lines)
 
 
 def test_the_pacs_refuses_malformed_handoffs_and_keeps_serving(stack: Stack, handed: Handed,

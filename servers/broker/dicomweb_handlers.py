@@ -166,7 +166,8 @@ class DICOMwebProxyHandler(GuardedMixin, DICOMwebHandler):
         keep_alive = self.request.headers.get("Connection", "").lower() != "close"
         head = upstream.request_head(path.upstream, params, self.request.headers.get("Accept"), keep_alive)
         address = getattr(getattr(self.request.connection, "context", None), "address", ())
-        handoff = Handoff(socket_path)
+        handoff = Handoff.of(socket_path, getattr(self.request.connection, "stream", None))
+        kept = False
         try:
             try:
                 await handoff.connect()
@@ -186,9 +187,13 @@ class DICOMwebProxyHandler(GuardedMixin, DICOMwebHandler):
             status, client = await handoff.outcome()
             self.finish_audit(status or 502, "" if status else "the PACS did not complete its answer")
             if client is not None:
-                self.settings[SERVER_KEY].handle_stream(IOStream(client), address)
+                again = IOStream(client)
+                handoff.keep(again)
+                kept = True
+                self.settings[SERVER_KEY].handle_stream(again, address)
         finally:
-            handoff.close()
+            if not kept:
+                handoff.close()
 
     async def _stream(self, path: DICOMwebPath) -> None:
         params = [(k, v) for k, v in self.query_pairs() if k != "access_token"]

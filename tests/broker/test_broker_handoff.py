@@ -129,14 +129,15 @@ def read_answer(sock: socket.socket, pending: bytearray) -> tuple[bytes, bytes]:
 
 def test_the_connection_comes_back_for_the_next_request(stack: Stack, handed: Handed) -> None:
     """One client connection, several requests: each retrieve is handed to the PACS and the connection
-    comes back to the broker, which authorizes the next one (a search, another patient's study)."""
+    comes back to the broker, which authorizes the next one (a search, another patient's study); the
+    retrieves of one client connection go to the PACS over one control connection (one worker)."""
     patient, other = stack.plan.patients[0], stack.plan.patients[1]
     plan = patient.studies[0]
     token = stack.token(patient)
     host, port = httpx.URL(handed.dicomweb).host, httpx.URL(handed.dicomweb).port
     path = httpx.URL(handed.dicomweb).path
     direct = DICOMwebClient(handed.dicomweb, headers=stack.headers(patient)).retrieve_study(plan.study_uid)
-    before = handed.listener.handed
+    before, sessions = handed.listener.handed, handed.listener.sessions
     with socket.create_connection((host, port), timeout=30) as sock:
         pending = bytearray()
 
@@ -156,6 +157,7 @@ def test_the_connection_comes_back_for_the_next_request(stack: Stack, handed: Ha
         head, _ = ask(f"/studies/{plan.study_uid}/series/{plan.series[0].series_uid}")
         assert head.startswith(b"HTTP/1.1 200 ")
     assert handed.listener.handed == before + 4
+    assert handed.listener.sessions == sessions + 1  # one control connection: the same PACS worker
 
 
 def test_a_client_asking_to_close_gets_its_connection_closed(stack: Stack, handed: Handed) -> None:

@@ -12,10 +12,12 @@ Unix systems pass descriptors (``SCM_RIGHTS``, unix(7)).
 The protocol, on a Unix ``SOCK_SEQPACKET`` socket of the PACS (mode 0600: the broker runs as the same
 user; no one else can connect):
 
-1. The broker connects and sends one message: the request it wants answered, as an HTTP/1.1 request
-   head it builds itself (``GET {PACS path}?{query}``, ``Accept``, and ``Connection: close`` only if
-   the client asked for it; never the client's token), with the client's socket attached. It then
-   closes its own descriptor of that socket (the connection stays open: the PACS holds it).
+1. The broker connects (or, for a client connection the PACS gave back before, uses that client
+   connection's control connection again: the same PACS worker) and sends one message: the request it
+   wants answered, as an HTTP/1.1 request head it builds itself (``GET {PACS path}?{query}``,
+   ``Accept``, and ``Connection: close`` only if the client asked for it; never the client's token),
+   with the client's socket attached. It then closes its own descriptor of that socket (the connection
+   stays open: the PACS holds it).
 2. The PACS answers that one request on that socket through its own HTTP server, and reads nothing
    else from it: a second request on the connection is the broker's to authorize.
 3. The PACS sends one message back: the status it answered (ASCII digits), or ``0`` if the connection

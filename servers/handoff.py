@@ -86,11 +86,25 @@ class _HandedStream(IOStream):
         if self.answered is not None:
             self._ended = True
             return 0  # end of stream: Tornado closes it (close_fd below)
-        return None  # as if nothing had arrived: the PACS answers one request only
+        # as if nothing had arrived: the PACS answers one request only. (A client that pipelines its
+        # next request, or closes, while this answer goes out makes the socket readable for nothing
+        # until the answer ends: Tornado then polls it in vain; no client of ours pipelines.)
+        return None
+
+    def abandon(self) -> None:
+        """Close the connection for good (nothing goes back to the broker): what a session that ends
+        early (cancelled at shutdown, the broker gone) leaves must not stay open."""
+        self._ended = False
+        if not self.closed():
+            self.close()
+        if self.kept is not None:
+            socket.close(self.kept)
+            self.kept = None
 
     def close_fd(self) -> None:
         if self._ended and self.socket is not None:
             self.kept = self.socket.detach()  # the open connection goes back to the broker
+            self.socket = None  # type: ignore[assignment]  # as IOStream.close_fd leaves it
         else:
             super().close_fd()
         if not self._closed_future.done():
@@ -180,12 +194,12 @@ class HandoffListener:
         stream = _HandedStream(client, head, closed)
         self.handed += 1
         self.server.handle_stream(stream, address)
-        await closed
-        deadline = loop.time() + FINISH_GRACE
-        while stream.answered is None and stream.kept is None and loop.time() < deadline:
-            await asyncio.sleep(0.01)  # the handler may still be finishing (see FINISH_GRACE)
-        message = str(stream.answered or 0).encode()
         try:
+            await closed
+            deadline = loop.time() + FINISH_GRACE
+            while stream.answered is None and stream.kept is None and loop.time() < deadline:
+                await asyncio.sleep(0.01)  # the handler may still be finishing (see FINISH_GRACE)
+            message = str(stream.answered or 0).encode()
             if stream.kept is not None:
                 _send_with_socket(control, message, stream.kept)
                 return True
@@ -193,8 +207,7 @@ class HandoffListener:
         except OSError:
             pass  # the broker is gone: the connection closes with our descriptor
         finally:
-            if stream.kept is not None:
-                socket.close(stream.kept)
+            stream.abandon()  # after a hand-back: our descriptor of it; else the connection itself
         return False
 
 
@@ -207,8 +220,8 @@ async def _recvmsg(control: socket.socket, size: int,
             data, ancillary, flags, _ = control.recvmsg(size, _FDS)
             break
         except (BlockingIOError, InterruptedError):
-            ready = loop.create_future()
-            loop.add_reader(control.fileno(), ready.set_result, None)
+            ready: asyncio.Future[None] = loop.create_future()
+            loop.add_reader(control.fileno(), _wake, ready)
             try:
                 await asyncio.wait_for(ready, timeout)
             finally:
@@ -218,6 +231,11 @@ async def _recvmsg(control: socket.socket, size: int,
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
     return data, fds, flags
+
+
+def _wake(ready: asyncio.Future[None]) -> None:
+    if not ready.done():  # a level-triggered reader may fire again before the waiter runs
+        ready.set_result(None)
 
 
 def _send_with_socket(control: socket.socket, message: bytes, fd: int) -> None:
@@ -265,6 +283,7 @@ class Handoff:
     def __init__(self, path: str) -> None:
         self.path = path
         self.control: socket.socket | None = None
+        self.reused = False  #: the session of a client connection that came back before
         self._finalizer: weakref.finalize[Any, Any] | None = None
 
     @classmethod
@@ -276,6 +295,7 @@ class Handoff:
             return cls(path)
         if session._finalizer is not None:
             session._finalizer.detach()  # the session moves on with the request, whatever that stream does
+        session.reused = True
         return session
 
     def keep(self, connection: Any) -> None:
@@ -298,12 +318,22 @@ class Handoff:
                                f"({type(exc).__name__})") from None
         self.control = control
 
-    def give(self, head: bytes, client: socket.socket) -> None:
-        """Send the request head with the client's socket; the caller then closes its own descriptor."""
+    async def give(self, head: bytes, client: socket.socket) -> None:
+        """Send the request head with the client's socket; the caller then closes its own descriptor. A
+        session whose PACS worker has gone (stopped, restarted) is replaced by a new one, once."""
         assert self.control is not None
+        message = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [client.fileno()]))]
         try:
-            self.control.sendmsg([head], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                           array.array("i", [client.fileno()]))])
+            self.control.sendmsg([head], message)
+            return
+        except OSError as exc:
+            if not self.reused:
+                raise HandoffError(f"the PACS did not take the connection ({exc})") from None
+        self.close()
+        self.reused = False
+        await self.connect()
+        try:
+            self.control.sendmsg([head], message)
         except OSError as exc:
             raise HandoffError(f"the PACS did not take the connection ({exc})") from None
 

@@ -177,7 +177,7 @@ class DICOMwebProxyHandler(GuardedMixin, DICOMwebHandler):
             stream = self.detach()  # from here on the answer is the PACS's
             self._auto_finish = False
             try:
-                handoff.give(head, stream.socket)
+                await handoff.give(head, stream.socket)
             except HandoffError as exc:
                 log.error("%s", exc)
                 self.finish_audit(502, "the PACS did not take the connection")

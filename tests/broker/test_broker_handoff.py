@@ -160,6 +160,36 @@ def test_the_connection_comes_back_for_the_next_request(stack: Stack, handed: Ha
     assert handed.listener.sessions == sessions + 1  # one control connection: the same PACS worker
 
 
+def test_a_session_whose_pacs_worker_is_gone_is_replaced(stack: Stack, handed: Handed) -> None:
+    patient = stack.plan.patients[0]
+    plan = patient.studies[0]
+    token = stack.token(patient)
+    url = httpx.URL(handed.dicomweb)
+    with socket.create_connection((url.host, url.port), timeout=30) as sock:
+        pending = bytearray()
+
+        def ask() -> bytes:
+            sock.sendall(f"GET {url.path}/studies/{plan.study_uid} HTTP/1.1\r\nHost: {url.host}\r\n"
+                         f"Accept: {ACCEPT_DICOM}\r\nAuthorization: Bearer {token}\r\n\r\n".encode())
+            return read_answer(sock, pending)[0]
+
+        audited = len(handed.audit())
+        assert ask().startswith(b"HTTP/1.1 200 ")
+        deadline = time.monotonic() + 10
+        while len(handed.audit()) == audited and time.monotonic() < deadline:
+            time.sleep(0.02)  # audited: the PACS gave the connection back, the broker holds it again
+        sessions = handed.listener.sessions
+        # the PACS's side of every session ends, as when its worker process restarts
+        tasks = stack.loop.call(lambda: list(handed.listener._tasks))
+        stack.loop.call(lambda: [task.cancel() for task in tasks])
+        deadline = time.monotonic() + 10
+        while not all(task.done() for task in tasks) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert all(task.done() for task in tasks)
+        assert ask().startswith(b"HTTP/1.1 200 ")  # same client connection, a new session
+        assert handed.listener.sessions == sessions + 1
+
+
 def test_a_client_asking_to_close_gets_its_connection_closed(stack: Stack, handed: Handed) -> None:
     patient = stack.plan.patients[0]
     r = httpx.get(f"{handed.dicomweb}/studies/{patient.studies[0].study_uid}",

@@ -32,6 +32,11 @@ import tempfile
 import threading
 import time
 import zlib
+
+try:
+    from isal.isal_zlib import crc32 as _crc32
+except ImportError:  # a platform without isal's wheels: the same values, slower
+    _crc32 = zlib.crc32
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -155,46 +160,42 @@ _SHORT_VRS = frozenset({b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", 
 _IMPLICIT_LE = "1.2.840.10008.1.2"
 #: standard transfer syntaxes whose data set is not explicit VR little endian, unencoded (PS3.5 10)
 _NOT_PLAIN_EXPLICIT_LE = frozenset({_IMPLICIT_LE, "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"})
-_UINT16 = struct.Struct("<H")
 _UINT32 = struct.Struct("<I")
-_TAG = struct.Struct("<HH")
+_EXPLICIT = struct.Struct("<HH2sH")  # tag, VR, 2-byte length (or the 2 reserved bytes of a long VR)
+_IMPLICIT = struct.Struct("<HH0sI")  # tag, no VR, 4-byte length
 
 
-def _walk(buf: bytes, pos: int, end: int, implicit: bool, last_tag: int,
+def _walk(buf: bytes | memoryview, pos: int, end: int, implicit: bool, last_tag: int,
           wanted: frozenset[int], whole: bool = False) -> dict[int, bytes] | None:
     """The values of ``wanted`` tags among the elements at ``buf[pos:end]`` up to ``last_tag`` (``whole``:
     ``end`` is where the elements end), or None when the bytes run out first or an element is one this
-    reader leaves to pydicom (a sequence or item of undefined length, an unknown VR)."""
+    reader leaves to pydicom (a sequence or item of undefined length, an unknown VR). One ``struct``
+    unpack per element (tag, VR and short length together)."""
     found: dict[int, bytes] = {}
+    unpack = _IMPLICIT.unpack_from if implicit else _EXPLICIT.unpack_from
     while pos + 8 <= end:
-        group, element = _TAG.unpack_from(buf, pos)
+        group, element, vr, length = unpack(buf, pos)
         tag = group << 16 | element
         if tag > last_tag:
             return found
-        if implicit:
-            length = _UINT32.unpack_from(buf, pos + 4)[0]
+        if implicit or vr in _SHORT_VRS:
             pos += 8
+        elif vr in _LONG_VRS and pos + 12 <= end:
+            length = _UINT32.unpack_from(buf, pos + 8)[0]
+            pos += 12
         else:
-            vr = buf[pos + 4:pos + 6]
-            if vr in _SHORT_VRS:
-                length = _UINT16.unpack_from(buf, pos + 6)[0]
-                pos += 8
-            elif vr in _LONG_VRS and pos + 12 <= end:
-                length = _UINT32.unpack_from(buf, pos + 8)[0]
-                pos += 12
-            else:
-                return None
+            return None
         if length == 0xFFFFFFFF:
             return None
         if tag in wanted:
             if pos + length > end:
                 return None
-            found[tag] = buf[pos:pos + length]
+            found[tag] = bytes(buf[pos:pos + length])
         pos += length
     return found if whole and pos == end else None
 
 
-def _header_from_head(head: bytes) -> _Header | None:
+def _header_from_head(head: bytes | memoryview) -> _Header | None:
     """The UIDs of a Part 10 file from its first bytes, without pydicom: the common case only.
 
     Reads the File Meta Information (PS3.10 7.1, explicit VR little endian, its length from
@@ -229,7 +230,9 @@ def safe_name(text: str) -> str:
 
 
 class _CRC32:
-    """``zlib.crc32`` with hashlib's interface."""
+    """CRC-32 (the zlib/gzip polynomial, ``zlib.crc32``'s values) with hashlib's interface, computed
+    with ISA-L (``isal``) when installed: 1.5 us per 128 KiB against zlib's 23 us on this project's
+    machine (PCLMULQDQ), which was 6-7 ms of CPU in a 200-file download of 27 MB (issue 5)."""
 
     name = "crc32"
 
@@ -237,7 +240,7 @@ class _CRC32:
         self.value = 0
 
     def update(self, data: bytes | memoryview) -> None:
-        self.value = zlib.crc32(data, self.value)
+        self.value = _crc32(data, self.value)
 
     def hexdigest(self) -> str:
         return f"{self.value:08x}"
@@ -528,7 +531,7 @@ class _PartWriter:
     def _open(self, head: bytes | memoryview) -> None:
         """Decide where the part goes from its first bytes (``head``), and write them there."""
         assert self.run.directory is not None
-        header = _header_from_head(head if isinstance(head, bytes) else head[:_HEAD_BYTES].tobytes())
+        header = _header_from_head(memoryview(head)[:_HEAD_BYTES])  # a view: no copy
         if header is not None:
             if not self._wanted(header):
                 self.skip = True

@@ -32,11 +32,6 @@ import tempfile
 import threading
 import time
 import zlib
-
-try:
-    from isal.isal_zlib import crc32 as _crc32
-except ImportError:  # a platform without isal's wheels: the same values, slower
-    _crc32 = zlib.crc32
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -68,6 +63,11 @@ from s4s_jupyter.core.uids import check_uid, is_valid_uid
 if TYPE_CHECKING:
     import pandas as pd
     from pydicom import Dataset
+
+try:
+    from isal.isal_zlib import crc32 as _crc32
+except ImportError:  # a platform without isal's wheels: the same values, slower
+    _crc32 = zlib.crc32
 
 #: ``Accept`` of WADO-RS instance retrieval: Part 10 files in the stored transfer syntax (PS3.18 8.7.3.5)
 ACCEPT_DICOM = 'multipart/related; type="application/dicom"; transfer-syntax=*'

@@ -39,6 +39,7 @@ from servers.pacs.seed import seed
 from servers.pacs.settings import PACSSettings
 from servers.runtime import ServerLoop, StartupError
 from tests.broker.conftest import Stack
+from tests.broker.test_broker_load import run_load
 
 ACCEPT_DICOM = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 PREFIX = "1.2.826.0.1.3680043.8.498."
@@ -125,6 +126,14 @@ def read_answer(sock: socket.socket, pending: bytearray) -> tuple[bytes, bytes]:
         body += chunk
     pending[:] = body[length:]
     return head, bytes(body[:length])
+
+
+def test_no_byte_of_another_patients_data_leaks_through_handoffs(stack: Stack, handed: Handed) -> None:
+    """The broker's concurrent multi-patient load (tests/broker/test_broker_load.py), its retrieves
+    handed to the PACS on kept-alive connections that come back between requests."""
+    before = handed.listener.handed
+    run_load(stack, handed.dicomweb.removesuffix("/dicom-web"))
+    assert handed.listener.handed - before >= sum(len(p.studies) for p in stack.plan.patients) * 4 * 3
 
 
 def test_the_connection_comes_back_for_the_next_request(stack: Stack, handed: Handed) -> None:

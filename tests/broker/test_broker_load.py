@@ -30,6 +30,11 @@ def _markers(p: DemoPatient) -> list[bytes]:
 
 
 def test_no_byte_of_another_patients_data_leaks_under_concurrent_load(stack: Stack) -> None:
+    run_load(stack, stack.broker_url)
+
+
+def run_load(stack: Stack, broker_url: str) -> None:
+    """The load above against the broker at ``broker_url`` (its FHIR and DICOMweb bases under it)."""
     patients = list(stack.plan.patients)
     tokens = {p.id: stack.token(p) for p in patients}
     foreign = {p.id: [m for q in patients if q.id != p.id for m in _markers(q)] for p in patients}
@@ -40,11 +45,11 @@ def test_no_byte_of_another_patients_data_leaks_under_concurrent_load(stack: Sta
     def work(p: DemoPatient, round_: int) -> None:
         headers = {"Authorization": f"Bearer {tokens[p.id]}"}
         others = [q for q in patients if q.id != p.id]
-        base = stack.broker_dicomweb
+        base = broker_url + "/dicom-web"
         with httpx.Client(timeout=60, headers=headers) as http:
             for i, study in enumerate(p.studies):
                 se = study.series[i % len(study.series)]
-                urls = [f"{stack.broker_fhir}/ImagingStudy?patient={p.id}&_include=ImagingStudy:endpoint",
+                urls = [f"{broker_url}/fhir/ImagingStudy?patient={p.id}&_include=ImagingStudy:endpoint",
                         f"{base}/studies", f"{base}/studies/{study.study_uid}/series",
                         f"{base}/studies/{study.study_uid}",
                         f"{base}/studies/{study.study_uid}/series/{se.series_uid}",

@@ -815,7 +815,7 @@ class Retriever:
                         return
                     if media != "multipart/related" or "boundary" not in params:
                         raise ClientError(f"GET {unit.url}: unexpected Content-Type {media!r}", status=502)
-                    parser = MultipartParser(params["boundary"], views=True)
+                    parser = MultipartParser(params["boundary"], views=True, lengths=True)
                     for chunk in response.stream(_CHUNK_BYTES):
                         if run.cancelled.is_set():
                             raise ClientError("cancelled", status=499)

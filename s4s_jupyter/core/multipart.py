@@ -108,9 +108,14 @@ class MultipartParser:
     #: yield a part's bytes as ``memoryview`` slices of the chunk fed (no copy; they keep the chunk
     #: alive) instead of ``bytes`` copies of those slices
     views: bool = False
+    #: a part with a ``Content-Length`` header is taken by its length, the delimiter checked where it
+    #: must follow (a mismatch is an error), instead of searched for through the part's bytes: the
+    #: search was 10-12 ms of CPU for a 27 MB study of 200 parts (``bytes.find`` at about 2 GB/s here)
+    lengths: bool = False
     _buf: bytearray = field(default_factory=bytearray)
     _state: str = "preamble"  # preamble | after_delim | headers | body | epilogue
     _in_part: bool = False
+    _remaining: int | None = None  # bytes of the current part still to come, when its length is known
 
     def __post_init__(self) -> None:
         if not self.boundary or len(self.boundary) > 200:
@@ -130,7 +135,25 @@ class MultipartParser:
         delim = self._delim
         piece = memoryview(data) if self.views else data
         while True:
-            if self._state == "body":
+            if self._state == "body" and self._remaining is not None:
+                take = min(self._remaining, n - pos)
+                if take:
+                    yield PartData(piece if pos == 0 and take == n else piece[pos:pos + take])
+                    pos += take
+                    self._remaining -= take
+                if self._remaining:
+                    return  # the chunk ended inside the part
+                if n - pos < len(delim):
+                    self._buf += data[pos:]
+                    return
+                if not data.startswith(delim, pos):
+                    raise MultipartError("a part does not end where its Content-Length says")
+                pos += len(delim)
+                self._remaining = None
+                self._in_part = False
+                self._state = "after_delim"
+                yield PartEnd()
+            elif self._state == "body":
                 i = data.find(delim, pos)
                 if i < 0:
                     end = n - self._partial_delimiter(data, pos)
@@ -191,6 +214,8 @@ class MultipartParser:
                 pos = j + 4
                 self._in_part = True
                 self._state = "body"
+                length = headers.get("content-length", "") if self.lengths else ""
+                self._remaining = int(length) if length.isascii() and length.isdigit() else None
                 yield PartStart(headers)
             else:  # epilogue: ignored
                 return

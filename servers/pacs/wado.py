@@ -69,15 +69,16 @@ def instance_segments(files: list[InstanceFile], syntax: str, boundary: str,
                       fallback_as_stored: bool = False) -> list[Segment]:
     """A ``multipart/related; type="application/dicom"`` body (PS3.18 10.4.1.1.1) of ``files``.
 
-    Objects already in ``syntax`` (or all, for ``*``) are byte ranges of their files; the others are
-    converted when their turn comes. ``fallback_as_stored``: an object that cannot be converted is sent
+    Objects already in ``syntax`` (or all, for ``*``) are byte ranges of their files, each part with its
+    ``Content-Length`` (a client can take the part by its length instead of searching its bytes for the
+    boundary); the others are converted when their turn comes. ``fallback_as_stored``: an object that cannot be converted is sent
     as stored (the default syntax was not asked for by name), rather than failing the answer.
     """
     segments: list[Segment] = []
     for n, f in enumerate(files):
         if syntax in (AS_STORED, f.transfer_syntax):
             segments.append(part_head(boundary, f"application/dicom; transfer-syntax={f.transfer_syntax}",
-                                      first=n == 0))
+                                      first=n == 0, headers={"Content-Length": str(f.size)}))
             segments.append(FileRange(f.path, 0, f.size))
         else:
             segments.append(partial(_transcoded_part, f, syntax, boundary, n == 0, fallback_as_stored))

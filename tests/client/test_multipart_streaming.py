@@ -5,11 +5,23 @@ from __future__ import annotations
 
 import random
 
-from s4s_jupyter.core.multipart import MultipartParser, PartData, PartEnd, PartStart, encode_parts
+import pytest
+
+from s4s_jupyter.core.multipart import (
+    MultipartError,
+    MultipartParser,
+    PartData,
+    PartEnd,
+    PartStart,
+    closing,
+    encode_parts,
+    part_head,
+)
 
 
-def parse(body: bytes, boundary: str, sizes: list[int], views: bool = False) -> list[bytes]:
-    parser = MultipartParser(boundary, views=views)
+def parse(body: bytes, boundary: str, sizes: list[int], views: bool = False,
+          lengths: bool = False) -> list[bytes]:
+    parser = MultipartParser(boundary, views=views, lengths=lengths)
     parts: list[bytes] = []
     pos = 0
     k = 0
@@ -70,3 +82,40 @@ def test_views_are_slices_of_the_chunk_fed() -> None:
     parser.close()
     assert [bytes(d) for d in data] == payloads
     assert all(isinstance(d, memoryview) and d.obj is body for d in data)  # no copy
+
+
+def with_lengths(payloads: list[bytes], boundary: str, lie: int = 0) -> bytes:
+    """A body whose parts carry ``Content-Length`` (the last one off by ``lie``)."""
+    chunks = []
+    for i, p in enumerate(payloads):
+        length = len(p) + (lie if i == len(payloads) - 1 else 0)
+        chunks.append(part_head(boundary, "application/dicom", first=i == 0,
+                                headers={"Content-Length": str(length)}))
+        chunks.append(p)
+    return b"".join(chunks) + closing(boundary)
+
+
+def test_parts_taken_by_their_content_length_in_any_chunking() -> None:
+    rng = random.Random(11)
+    boundary = "s4s-fedcba9876543210"
+    for _ in range(60):
+        # bytes that look like delimiters, even the real one: a part with a length is not searched
+        payloads = [b"".join(rng.choice([b"\r\n--" + boundary.encode(), b"\r", rng.randbytes(30)])
+                             for _ in range(rng.randrange(0, 12))) for _ in range(rng.randrange(1, 5))]
+        body = with_lengths(payloads, boundary)
+        sizes = [rng.randrange(1, 90) for _ in range(7)]
+        for views in (False, True):
+            assert parse(body, boundary, sizes, views=views, lengths=True) == payloads
+            assert parse(body, boundary, [len(body)], views=views, lengths=True) == payloads
+
+
+def test_a_part_that_does_not_end_at_its_content_length_is_an_error() -> None:
+    boundary = "s4s-fedcba9876543210"
+    payloads = [b"x" * 500, b"y" * 300]
+    for lie in (-1, 1, -300):
+        body = with_lengths(payloads, boundary, lie)
+        for sizes in ([64], [len(body)]):
+            with pytest.raises(MultipartError):
+                parse(body, boundary, sizes, lengths=True)
+    # without lengths=True the header is ignored and the boundary found by search, as before
+    assert parse(with_lengths(payloads, boundary, 7), boundary, [64]) == payloads

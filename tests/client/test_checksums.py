@@ -1,5 +1,6 @@
-"""The download's CRC-32 (ISA-L when installed) has zlib's values, so sidecars written by either verify
-with the other, piece by piece as a download feeds it, over bytes and over views."""
+"""The download's sidecar: its CRC-32 (ISA-L when installed) has zlib's values, so sidecars written by
+either verify with the other, piece by piece as a download feeds it, over bytes and over views; its
+lines are what ``json.dumps`` writes."""
 
 from __future__ import annotations
 
@@ -27,3 +28,14 @@ def test_isal_is_the_crc32_in_use() -> None:
     from isal import isal_zlib  # a declared dependency: the fast path is the one measured
 
     assert retrieve._crc32 is isal_zlib.crc32
+
+
+def test_a_sidecar_line_is_what_json_dumps_writes() -> None:
+    import json
+
+    from s4s_jupyter.client.retrieve import _sidecar_line
+
+    row = {"study_uid": "1.2.3", "series_uid": "1.2.3.4", "sop_uid": "1.2.3.4.5", "size": 132_572,
+           "path": '/data/Müller "quoted"\\\n/1.2.3.4.5.dcm', "checksum": "crc32:0a1b2c3d", "status": "x"}
+    keys = ("study_uid", "series_uid", "sop_uid", "path", "size", "checksum")
+    assert _sidecar_line(row) == json.dumps({k: row[k] for k in keys}).encode() + b"\n"

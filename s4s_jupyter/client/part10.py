@@ -15,10 +15,11 @@ buffer and one copy of its value. pydicom offers no reader over a buffer.
 
 The fast path takes files with a preamble and ``DICM``, File Meta Information in explicit VR little endian,
 and a data set in explicit VR little endian (every transfer syntax but implicit VR little endian, explicit
-VR big endian, deflate and the private ones pydicom knows), whose elements all carry standard VRs and
-defined lengths, except a value of undefined length made of items (encapsulated Pixel Data). Anything
-else (an undefined-length sequence, a truncated file, a command set, no File Meta) goes to ``dcmread``,
-so its behaviour there (errors, warnings, heuristics) is pydicom's own.
+VR big endian, deflate and the private ones pydicom knows), whose elements all carry standard VRs; a value
+of undefined length is either made of items (encapsulated Pixel Data, kept raw) or a sequence, which
+pydicom's own ``read_sequence`` reads as ``dcmread`` does. Anything else (an undefined-length UN, a
+truncated file, a command set, no File Meta, a sequence pydicom cannot read) goes to ``dcmread``, so
+its behaviour there (errors, warnings, heuristics) is pydicom's own.
 """
 
 from __future__ import annotations

@@ -71,8 +71,9 @@ def instance_segments(files: list[InstanceFile], syntax: str, boundary: str,
 
     Objects already in ``syntax`` (or all, for ``*``) are byte ranges of their files, each part with its
     ``Content-Length`` (a client can take the part by its length instead of searching its bytes for the
-    boundary); the others are converted when their turn comes. ``fallback_as_stored``: an object that cannot be converted is sent
-    as stored (the default syntax was not asked for by name), rather than failing the answer.
+    boundary); the others are converted when their turn comes. ``fallback_as_stored``: an object that
+    cannot be converted is sent as stored (the default syntax was not asked for by name), rather than
+    failing the answer.
     """
     segments: list[Segment] = []
     for n, f in enumerate(files):

@@ -8,19 +8,22 @@ upstream) sharing the same EHR and introspection service.
 
 from __future__ import annotations
 
+import io
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import pytest
 import tornado.web
 
 from servers.broker.app import make_app as make_broker
 from servers.broker.context import BrokerContext
 from servers.broker.settings import BrokerSettings
-from servers.demo_data.plan import DemoPatient, DemoPlan, DemoUser
+from servers.demo_data.dicom import instance_bytes
+from servers.demo_data.plan import DemoPatient, DemoPlan, DemoUser, StudyPlan
 from servers.ehr.app import make_app as make_ehr
 from servers.ehr.oauth.clients import (
     BROKER_CLIENT_ID,
@@ -39,6 +42,20 @@ from tests.broker.launch import SCOPE, launch
 
 SECRETS = {BROKER_CLIENT_ID: "broker-secret-for-tests-0123456789",
            INTROSPECTION_CLIENT_ID: "introspection-secret-for-tests-0123"}
+
+
+def assert_study_as_stored(datasets: Sequence[pydicom.Dataset], patient: DemoPatient,
+                           plan: StudyPlan) -> None:
+    """``datasets`` are the instances of ``plan``, each once, byte for byte the pixel data the PACS stores
+    and the patient's PatientID."""
+    assert sorted(ds.SOPInstanceUID for ds in datasets) == sorted(
+        uid for s in plan.series for uid in s.instance_uids)
+    by_uid = {ds.SOPInstanceUID: ds for ds in datasets}
+    for s in plan.series:
+        for i, uid in enumerate(s.instance_uids):
+            original = pydicom.dcmread(io.BytesIO(instance_bytes(patient, plan, s, i)))
+            assert by_uid[uid].PixelData == original.PixelData
+            assert by_uid[uid].PatientID == patient.mrn
 
 
 def clients() -> tuple[Client, ...]:

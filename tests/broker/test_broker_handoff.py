@@ -38,7 +38,7 @@ from servers.pacs.app import make_app as make_pacs
 from servers.pacs.seed import seed
 from servers.pacs.settings import PACSSettings
 from servers.runtime import ServerLoop, StartupError
-from tests.broker.conftest import Stack
+from tests.broker.conftest import Stack, assert_study_as_stored
 from tests.broker.test_broker_load import run_load
 
 ACCEPT_DICOM = 'multipart/related; type="application/dicom"; transfer-syntax=*'
@@ -94,12 +94,8 @@ def test_retrieves_are_answered_by_the_pacs_on_the_clients_connection(stack: Sta
     dw = DICOMwebClient(handed.dicomweb, headers=stack.headers(patient))
     before = handed.listener.handed
     datasets = dw.retrieve_study(plan.study_uid)
+    assert_study_as_stored(datasets, patient, plan)
     by_uid = {ds.SOPInstanceUID: ds for ds in datasets}
-    assert len(by_uid) == plan.number_of_instances
-    for s in plan.series:
-        for i, uid in enumerate(s.instance_uids):
-            original = pydicom.dcmread(io.BytesIO(instance_bytes(patient, plan, s, i)))
-            assert by_uid[uid].PixelData == original.PixelData
     assert len(dw.retrieve_series(plan.study_uid, series.series_uid)) == len(series.instance_uids)
     one = dw.retrieve_instance(plan.study_uid, series.series_uid, series.instance_uids[0])
     assert one.SOPInstanceUID == series.instance_uids[0]

@@ -7,24 +7,21 @@ sent over TCP would fail, so every answer below came through the socket."""
 from __future__ import annotations
 
 import argparse
-import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pydicom
 import pytest
 from dicomweb_client import DICOMwebClient
 from requests import HTTPError
 
 from servers.broker import command
-from servers.demo_data.dicom import instance_bytes
 from servers.pacs.app import make_app as make_pacs
 from servers.pacs.seed import seed
 from servers.pacs.settings import PACSSettings
 from servers.runtime import Reservation, ServerLoop, StartupError, bind_unix
-from tests.broker.conftest import Stack
+from tests.broker.conftest import Stack, assert_study_as_stored
 
 #: the PACS's own base URL: a name that never resolves, so only the socket can reach it
 PACS_BASE = "http://pacs.invalid:8042"
@@ -50,13 +47,7 @@ def test_search_retrieve_and_metadata_through_the_socket(stack: Stack, socket_br
     assert {s["0020000D"]["Value"][0] for s in found} == {s.study_uid for s in patient.studies}
     assert "pacs.invalid" not in json.dumps(found)
     plan = patient.studies[0]
-    datasets = dw.retrieve_study(plan.study_uid)  # the spliced whole-study path
-    by_uid = {ds.SOPInstanceUID: ds for ds in datasets}
-    assert len(by_uid) == plan.number_of_instances
-    for s in plan.series:
-        for i, uid in enumerate(s.instance_uids):
-            original = pydicom.dcmread(io.BytesIO(instance_bytes(patient, plan, s, i)))
-            assert by_uid[uid].PixelData == original.PixelData
+    assert_study_as_stored(dw.retrieve_study(plan.study_uid), patient, plan)  # the spliced path
     series = plan.series[0]
     metadata = dw.retrieve_series_metadata(plan.study_uid, series.series_uid)
     uris = [m[tag]["BulkDataURI"] for m in metadata for tag in m if "BulkDataURI" in m[tag]]

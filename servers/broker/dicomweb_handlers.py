@@ -154,11 +154,12 @@ class DICOMwebProxyHandler(GuardedMixin, DICOMwebHandler):
         client = getattr(self.request.connection, "stream", None)
         if (self.ctx.settings.pacs_handoff and isinstance(upstream, DICOMwebUpstream)
                 and type(client) is IOStream and self.request.version == "HTTP/1.1"):
-            await self._hand_off(path, upstream, self.ctx.settings.pacs_handoff)
+            await self._hand_off(path, upstream, self.ctx.settings.pacs_handoff, client)
             return
         await self._stream(path)
 
-    async def _hand_off(self, path: DICOMwebPath, upstream: DICOMwebUpstream, socket_path: str) -> None:
+    async def _hand_off(self, path: DICOMwebPath, upstream: DICOMwebUpstream, socket_path: str,
+                        client: IOStream) -> None:
         """Give the client's connection to the PACS, which answers this request on it
         (:mod:`servers.handoff`); the audit records the status the PACS reports. A connection the PACS
         gives back is served again here, for the client's next request."""
@@ -166,7 +167,7 @@ class DICOMwebProxyHandler(GuardedMixin, DICOMwebHandler):
         keep_alive = self.request.headers.get("Connection", "").lower() != "close"
         head = upstream.request_head(path.upstream, params, self.request.headers.get("Accept"), keep_alive)
         address = getattr(getattr(self.request.connection, "context", None), "address", ())
-        handoff = Handoff.of(socket_path, getattr(self.request.connection, "stream", None))
+        handoff = Handoff.of(socket_path, client)
         kept = False
         try:
             try:
@@ -174,20 +175,20 @@ class DICOMwebProxyHandler(GuardedMixin, DICOMwebHandler):
             except HandoffError as exc:
                 log.error("%s", exc)
                 raise UpstreamError("the PACS cannot be reached") from None
-            stream = self.detach()  # from here on the answer is the PACS's
+            self.detach()  # from here on the answer is the PACS's (on ``client``, the stream detached)
             self._auto_finish = False
             try:
-                await handoff.give(head, stream.socket)
+                await handoff.give(head, client.socket)
             except HandoffError as exc:
                 log.error("%s", exc)
                 self.finish_audit(502, "the PACS did not take the connection")
                 return
             finally:
-                stream.close()  # this process's descriptor only: the PACS holds the connection
-            status, client = await handoff.outcome()
+                client.close()  # this process's descriptor only: the PACS holds the connection
+            status, back = await handoff.outcome()
             self.finish_audit(status or 502, "" if status else "the PACS did not complete its answer")
-            if client is not None:
-                again = IOStream(client)
+            if back is not None:
+                again = IOStream(back)
                 handoff.keep(again)
                 kept = True
                 self.settings[SERVER_KEY].handle_stream(again, address)

@@ -40,6 +40,7 @@ from servers.pacs.settings import PACSSettings
 from servers.runtime import ServerLoop, StartupError
 from tests.broker.conftest import Stack, assert_study_as_stored
 from tests.broker.test_broker_load import run_load
+from tests.support.handoff import hand_over
 
 ACCEPT_DICOM = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 PREFIX = "1.2.826.0.1.3680043.8.498."
@@ -345,19 +346,10 @@ def test_the_pacs_command_takes_handoffs_on_a_private_socket(tmp_path: Path) -> 
         with pytest.raises(StartupError, match="in use"):
             bind_handoff(str(path))
         # an empty PACS, handed a search: the answer comes on the connection handed over
-        a, b = socket.socketpair()
-        with a, b, socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as control:
-            control.connect(str(path))
-            control.sendmsg([b"GET /dicom-web/studies HTTP/1.1\r\nHost: pacs\r\nConnection: close\r\n\r\n"],
-                            [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [b.fileno()]))])
-            b.close()
-            a.settimeout(10)
-            control.settimeout(10)
-            answer = b""
-            while chunk := a.recv(65536):
-                answer += chunk
-            assert answer.startswith(b"HTTP/1.1 204 ") and b"Connection: close" in answer
-            assert control.recv(16) == b"204"
+        answer, status = hand_over(
+            path, b"GET /dicom-web/studies HTTP/1.1\r\nHost: pacs\r\nConnection: close\r\n\r\n", timeout=10)
+        assert answer.startswith(b"HTTP/1.1 204 ") and b"Connection: close" in answer
+        assert status == b"204"
     finally:
         loop.stop()
     assert not path.exists()

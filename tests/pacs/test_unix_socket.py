@@ -24,6 +24,7 @@ from servers.demo_data.dicom import iter_plan
 from servers.demo_data.plan import DemoPlan
 from servers.runtime import StartupError, bind_unix
 from tests.pacs import test_processes as processes_test
+from tests.support.handoff import hand_over
 
 ROOT = Path(__file__).resolve().parents[2]
 DICOM_PARTS = 'multipart/related; type="application/dicom"'
@@ -93,24 +94,6 @@ def test_a_stale_socket_is_replaced_and_other_files_are_not(tmp_path: Path) -> N
     with pytest.raises(StartupError, match="not a socket"):
         bind_unix(str(precious))
     assert precious.read_text() == "keep me"
-
-
-def hand_over(path: Path, request: bytes) -> tuple[bytes, bytes]:
-    """Hand a connection to the PACS at ``path`` with ``request`` (as a broker does, servers.handoff);
-    the answer read on the connection, and the status the PACS reports."""
-    import array
-
-    a, b = socket.socketpair()
-    with a, b, socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as control:
-        control.connect(str(path))
-        control.sendmsg([request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [b.fileno()]))])
-        b.close()  # the PACS holds the connection now
-        a.settimeout(30)
-        control.settimeout(30)
-        answer = b""
-        while chunk := a.recv(1 << 20):
-            answer += chunk
-        return answer, control.recv(16)
 
 
 @pytest.mark.parametrize("processes", [1, 2])

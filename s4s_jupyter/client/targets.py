@@ -49,6 +49,9 @@ class SeriesTarget:
     fhir_study: str | None = None  # ImagingStudy id
     patient: str | None = None  # FHIR Patient id
     only: frozenset[str] | None = field(default=None, hash=False)  # restrict to these SOP UIDs
+    #: how many instances the series has, as its source said (QIDO-RS Number of Series Related Instances,
+    #: an ImagingStudy's ``numberOfInstances``): a whole series can be found complete without its list
+    count: int | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         check_uid(self.study_uid, "StudyInstanceUID")
@@ -84,12 +87,14 @@ def instances_from_resource(resource: Mapping[str, Any]) -> dict[str, tuple[Inst
     return out
 
 
-def qido_series(qido: Qido, endpoint: DICOMwebEndpoint, study_uid: str) -> list[str]:
-    """The Series Instance UIDs of a study, in series-number order (QIDO-RS, PS3.18 10.6.1)."""
+def qido_series(qido: Qido, endpoint: DICOMwebEndpoint, study_uid: str) -> list[tuple[str, int | None]]:
+    """The Series Instance UIDs of a study in series-number order, each with its Number of Series Related
+    Instances where the server gives it (QIDO-RS, PS3.18 10.6.1)."""
     found = qido(endpoint, f"studies/{check_uid(study_uid)}/series",
-                 {"includefield": "SeriesNumber"})
+                 {"includefield": "SeriesNumber,NumberOfSeriesRelatedInstances"})
     found.sort(key=lambda s: (_int(dicomjson.first(s, "SeriesNumber")), str(dicomjson.first(s, "0020000E"))))
-    return [str(dicomjson.first(s, "SeriesInstanceUID")) for s in found if dicomjson.first(s, "0020000E")]
+    return [(str(dicomjson.first(s, "SeriesInstanceUID")), _count(dicomjson.first(s, "00201209")))
+            for s in found if dicomjson.first(s, "0020000E")]
 
 
 def qido_instances(qido: Qido, target: SeriesTarget) -> tuple[InstanceInfo, ...]:
@@ -98,6 +103,12 @@ def qido_instances(qido: Qido, target: SeriesTarget) -> tuple[InstanceInfo, ...]
     return tuple(InstanceInfo(str(dicomjson.first(i, "SOPInstanceUID")),
                               _int(dicomjson.first(i, "InstanceNumber"), None))
                  for i in found if dicomjson.first(i, "SOPInstanceUID"))
+
+
+def _count(value: Any) -> int | None:
+    """A count of instances as a source gave it; None for anything that is not a number >= 0."""
+    n = _int(value, None)
+    return n if isinstance(n, int) and n >= 0 else None
 
 
 def _int(value: Any, default: Any = 0) -> Any:
@@ -169,20 +180,21 @@ def series_targets(what: Any, *, endpoint: DICOMwebEndpoint | None, qido: Qido,
         ep, study_uid = row["_ep"], row["study_uid"]
         resource = known.get(study_uid)
         listed = instances_from_resource(resource) if resource else {}
-        series_uids = [str(s["uid"]) for s in (resource or {}).get("series") or []] or qido_series(
-            qido, ep, study_uid)
-        if not series_uids:
+        series = [(str(s["uid"]), _count(s.get("numberOfInstances"))) for s in
+                  (resource or {}).get("series") or []] or qido_series(qido, ep, study_uid)
+        if not series:
             raise ClientError(f"{ep.address} knows no series of study {study_uid}", status=404)
-        for s_uid in series_uids:
+        for s_uid, count in series:
             out.append(SeriesTarget(ep, study_uid, s_uid, listed.get(s_uid), _fhir_id(row),
-                                    _str(row.get("patient"))))
+                                    _str(row.get("patient")), count=count))
     for key in order:
         row = grouped[key]
         resource = known.get(key[1])
         listed = instances_from_resource(resource) if resource else {}
         only = None if row.get("_all") or not row["_only"] else frozenset(row["_only"])
         out.append(SeriesTarget(row["_ep"], key[1], key[2], listed.get(key[2]), _fhir_id(row),
-                                _str(row.get("patient")), only))
+                                _str(row.get("patient")), only,
+                                count=_count(row.get("number_of_instances")) if only is None else None))
     return out
 
 

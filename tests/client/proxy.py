@@ -30,6 +30,7 @@ class ProxyState:
     fail_pattern: str = r"/(series|instances)/[^/]+$"  # which requests fail_first applies to
     fail_status: int = 503
     forward_auth: bool = False  # pass Authorization upstream (a FHIR server behind the proxy)
+    drop_last_part: bool = False  # WADO-RS answers lose their last part (a server that sends too few)
 
 
 class ProxyHandler(tornado.web.RequestHandler):
@@ -64,9 +65,23 @@ class ProxyHandler(tornado.web.RequestHandler):
             for name in ("Content-Type", "Retry-After"):
                 if name in response.headers:
                     self.set_header(name, response.headers[name])
-            self.finish(response.body or b"")
+            body = response.body or b""
+            if st.drop_last_part and re.search(r"/(series|instances)/[^/]+$", path):
+                body = _without_last_part(body, response.headers.get("Content-Type", ""))
+            self.finish(body)
         finally:
             st.in_flight -= 1
+
+
+def _without_last_part(body: bytes, content_type: str) -> bytes:
+    """A multipart body without its last part (unchanged if it has only one)."""
+    boundary = re.search(r"boundary=\"?([^\";]+)", content_type)
+    if boundary is None:
+        return body
+    delimiter = b"\r\n--" + boundary.group(1).encode()
+    close = body.rfind(delimiter + b"--")
+    last = body.rfind(delimiter, 0, close)
+    return body if last < 0 else body[:last] + body[close:]
 
 
 def make_proxy(state: ProxyState, prefix: str = "dicom-web") -> tornado.web.Application:

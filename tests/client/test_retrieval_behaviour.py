@@ -4,11 +4,15 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
+
+import pytest
 
 from s4s_jupyter.client.retrieve import Retriever
 from s4s_jupyter.client.retry import retry_after_seconds
 from s4s_jupyter.client.targets import DICOMwebEndpoint, series_targets
+from s4s_jupyter.core.errors import ClientError
 from servers.demo_data.plan import DemoPlan
 from servers.runtime import ServerLoop
 from tests.client.proxy import ProxyState, make_proxy
@@ -127,12 +131,13 @@ def test_progress_is_reported_per_instance_within_a_series_request(pacs: str, ki
         targets = series_targets(study.study_uid, endpoint=DICOMwebEndpoint(pacs), qido=r.qido)
         manifest = r.download(targets, tmp_path, progress=False, on_progress=seen.append)
         total = study.number_of_instances
-        # nothing recorded before: each series is fetched while its instance list is asked for, so the
-        # total is None until the lists came (as for load below)
-        assert seen[0] in (RetrievalProgress(0, None, 0), RetrievalProgress(0, total, 0))
+        # the series query gave each series' count (Number of Series Related Instances): the total is
+        # known from the start, without the instance lists
+        assert all(t.count is not None and t.instances is None for t in targets)
+        assert seen[0] == RetrievalProgress(0, total, 0)
         assert [p.instances_done for p in seen] == list(range(total + 1))
         assert {p.sop_uid for p in seen[1:]} == set(manifest["sop_uid"])
-        assert {p.instances_total for p in seen} <= {None, total}
+        assert {p.instances_total for p in seen} == {total}
         assert len(manifest) == total and set(manifest["status"]) == {"downloaded"}
         received = [p.bytes_received for p in seen]
         assert received == sorted(received) and received[-1] > manifest["size"].sum()  # framing too
@@ -145,17 +150,20 @@ def test_progress_is_reported_per_instance_within_a_series_request(pacs: str, ki
 
         # into memory, likewise; a callback that raises stops the retrieval
         loaded: list[RetrievalProgress] = []
-        assert all(t.instances is None for t in targets)  # listed by QIDO-RS while the series come
         assert len(r.load(targets, progress=False, on_progress=loaded.append)) == total
         assert loaded[-1].instances_done == total
-        assert {p.instances_total for p in loaded} <= {None, total}  # None until the lists came
+        assert {p.instances_total for p in loaded} == {total}
+        # without counts, each series is fetched while its instance list is asked for: the total is None
+        # until the lists came
+        uncounted = [replace(t, count=None) for t in targets]
+        loaded = []
+        assert len(r.load(uncounted, progress=False, on_progress=loaded.append)) == total
+        assert {p.instances_total for p in loaded} <= {None, total}
         assert [p.instances_done for p in loaded] == list(range(total + 1))
 
         def stop(p: RetrievalProgress) -> None:
             if p.instances_done == 2:
                 raise KeyboardInterrupt
-
-        import pytest
 
         with pytest.raises(KeyboardInterrupt):
             r.load(targets, progress=False, on_progress=stop)
@@ -174,3 +182,42 @@ def test_whole_series_in_one_request_unless_asked_to_split(server_loop: ServerLo
         assert set(manifest["status"]) == {"downloaded"} and len(manifest) == study.number_of_instances
         retrievals = [p for p, _ in state.seen if re.search(r"/(series|instances)/[^/]+$", p)]
         assert len(retrievals) == expected
+
+
+def _instance_lists(state: ProxyState) -> list[str]:
+    return [p for p, _ in state.seen if p.endswith("/instances")]
+
+
+def test_a_counted_series_that_came_whole_is_not_listed(server_loop: ServerLoop, pacs: str,
+                                                         kit_plan: DemoPlan, tmp_path: Path) -> None:
+    study = kit_plan.patients[0].studies[0]
+    state, url = proxy(server_loop, pacs)
+    with Retriever() as r:
+        targets = series_targets(study.study_uid, endpoint=DICOMwebEndpoint(url), qido=r.qido)
+        assert [t.count for t in targets] == [len(s.instance_uids) for s in study.series]
+        manifest = r.download(targets, tmp_path, progress=False)
+        datasets = r.load(targets, progress=False)
+    assert set(manifest["status"]) == {"downloaded"} and len(manifest) == study.number_of_instances
+    assert sorted(ds.SOPInstanceUID for ds in datasets) == sorted(manifest["sop_uid"])
+    # the manifest is in instance-number order within each series, as with the server's list
+    for _, rows in manifest.groupby("series_uid", sort=False):
+        assert list(rows["instance_number"]) == sorted(rows["instance_number"])
+    assert _instance_lists(state) == []  # the counts said the series were complete
+
+
+def test_a_counted_series_that_came_short_is_listed_and_the_missing_named(
+        server_loop: ServerLoop, pacs: str, kit_plan: DemoPlan, tmp_path: Path) -> None:
+    study = kit_plan.patients[0].studies[0]
+    state, url = proxy(server_loop, pacs, drop_last_part=True)
+    with Retriever() as r:
+        targets = series_targets(study.study_uid, endpoint=DICOMwebEndpoint(url), qido=r.qido)
+        manifest = r.download(targets, tmp_path, progress=False)
+        assert len(_instance_lists(state)) == len(targets)  # each came one short: listed to name it
+        missing = manifest[manifest["status"] == "missing"]
+        assert len(missing) == len(targets) and len(manifest) == study.number_of_instances
+        assert set(missing["error"]) == {"the server's answer did not include this instance"}
+        on_disk = {p.stem for p in tmp_path.rglob("*.dcm")}
+        assert on_disk == set(manifest.loc[manifest["status"] == "downloaded", "sop_uid"])
+        assert not on_disk & set(missing["sop_uid"])
+        with pytest.raises(ClientError, match=rf"did not send {len(targets)} instance\(s\)"):
+            r.load(targets, progress=False)

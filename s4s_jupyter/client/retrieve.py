@@ -1036,9 +1036,9 @@ def _chosen(target: SeriesTarget, first_only: bool) -> tuple[InstanceInfo, ...]:
 
 class _Listing:
     """What is needed to know that whole series fetched without their instance lists (``early``) came
-    complete. A series whose count is known (:attr:`SeriesTarget.count`: the series query's Number of
-    Series Related Instances, an ImagingStudy's ``numberOfInstances``) needs nothing more when as many
-    of its instances came; only a series that came short is listed, at the end, to name what is missing.
+    complete. A series whose count is known (:attr:`SeriesTarget.count`: the imaging server's Number of
+    Series Related Instances) needs nothing more when as many of its instances came; only a series that
+    came short is listed, at the end, to name what is missing.
     The lists of series without a count are asked for (QIDO-RS) in a thread of their own while the series
     are fetched (issue 5: the round trips had come first, about 10% of a 105 MB study's time; asked for
     meanwhile, the two lists of a 2-series study still cost 12-14 ms of a 27 MB study's 70-80)."""

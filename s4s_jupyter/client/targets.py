@@ -49,8 +49,10 @@ class SeriesTarget:
     fhir_study: str | None = None  # ImagingStudy id
     patient: str | None = None  # FHIR Patient id
     only: frozenset[str] | None = field(default=None, hash=False)  # restrict to these SOP UIDs
-    #: how many instances the series has, as its source said (QIDO-RS Number of Series Related Instances,
-    #: an ImagingStudy's ``numberOfInstances``): a whole series can be found complete without its list
+    #: how many instances the series has, as the imaging server's series query said (QIDO-RS Number of
+    #: Series Related Instances): a whole series can be found complete without its instance list. Not
+    #: taken from an ImagingStudy's ``numberOfInstances`` or a DataFrame's column: the EHR's or an earlier
+    #: query's count may be stale, and a count too low would hide an instance the server left out
     count: int | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -180,8 +182,8 @@ def series_targets(what: Any, *, endpoint: DICOMwebEndpoint | None, qido: Qido,
         ep, study_uid = row["_ep"], row["study_uid"]
         resource = known.get(study_uid)
         listed = instances_from_resource(resource) if resource else {}
-        series = [(str(s["uid"]), _count(s.get("numberOfInstances"))) for s in
-                  (resource or {}).get("series") or []] or qido_series(qido, ep, study_uid)
+        series = [(str(s["uid"]), None) for s in (resource or {}).get("series") or []] or qido_series(
+            qido, ep, study_uid)
         if not series:
             raise ClientError(f"{ep.address} knows no series of study {study_uid}", status=404)
         for s_uid, count in series:
@@ -193,8 +195,7 @@ def series_targets(what: Any, *, endpoint: DICOMwebEndpoint | None, qido: Qido,
         listed = instances_from_resource(resource) if resource else {}
         only = None if row.get("_all") or not row["_only"] else frozenset(row["_only"])
         out.append(SeriesTarget(row["_ep"], key[1], key[2], listed.get(key[2]), _fhir_id(row),
-                                _str(row.get("patient")), only,
-                                count=_count(row.get("number_of_instances")) if only is None else None))
+                                _str(row.get("patient")), only))
     return out
 
 

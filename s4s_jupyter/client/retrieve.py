@@ -475,6 +475,15 @@ class _Run:
         self.progress.close()
 
 
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    """``data`` into the file ``fd`` (``os.write`` may write less than asked, e.g. after a signal)."""
+    n = os.write(fd, data)
+    if n < len(data):
+        view = memoryview(data)[n:]
+        while view:
+            view = view[os.write(fd, view):]
+
+
 class _PartWriter:
     """One multipart part on its way to disk or memory.
 
@@ -495,7 +504,10 @@ class _PartWriter:
         self.header: _Header | None = None  # known before writing (fast path)
         self.skip = False  # not asked for, or already complete: nothing is written
         self.tmp: str | None = None
-        self.out: BinaryIO | None = None
+        #: the temporary file, written with ``os.write`` (a Python file object per part was 5% of a
+        #: download of 400 files of 32 KiB: its creation, its buffer, its close)
+        self.fd: int | None = None
+        self.opened = False
         #: in memory: a part that came in one piece is read where it is (a view of the chunk received);
         #: one in several pieces gathers in its thread's buffer (reused part after part, so its pages are
         #: not faulted in again); either is read once by :func:`~s4s_jupyter.client.part10.read_part10`
@@ -515,7 +527,7 @@ class _PartWriter:
                 self.piece = None
             self.buf[start:self.size] = data  # in place once the buffer has grown to the largest part
             return
-        if self.out is None:
+        if not self.opened:
             if self.skip:
                 return
             if not self.head and len(data) >= _HEAD_BYTES:
@@ -525,7 +537,8 @@ class _PartWriter:
             if len(self.head) >= _HEAD_BYTES:
                 self._open(bytes(self.head))
             return
-        self.out.write(data)
+        assert self.fd is not None
+        _write_all(self.fd, data)
         if self.hash is not None:
             self.hash.update(data)
 
@@ -545,8 +558,8 @@ class _PartWriter:
             fd, name = tempfile.mkstemp(suffix=".part", dir=self.run.directory / ".s4s-tmp")
             self.head = bytearray(head)
         self.tmp = name
-        self.out = open(fd, "wb")  # noqa: SIM115 - closed in finish() or abort()
-        self.out.write(head)
+        self.fd, self.opened = fd, True  # closed in finish() or abort()
+        _write_all(fd, head)
         assert self.hash is not None
         self.hash.update(head)
 
@@ -577,10 +590,14 @@ class _PartWriter:
             self.run.folders[key] = folder
         return folder
 
+    def _close(self) -> None:
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            os.close(fd)
+
     def abort(self) -> None:
         self.buf = None
-        if self.out is not None:
-            self.out.close()
+        self._close()
         if self.tmp is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.tmp)
@@ -589,7 +606,7 @@ class _PartWriter:
     def finish(self) -> None:
         from pydicom.errors import InvalidDicomError
 
-        if self.to_disk and self.out is None and not self.skip:
+        if self.to_disk and not self.opened and not self.skip:
             self._open(bytes(self.head))  # a part shorter than the head
         if self.skip:
             return
@@ -604,10 +621,10 @@ class _PartWriter:
                 self.buf = self.piece = None
                 header = _Header.of(ds)  # checked below, like the UIDs on the way to disk
             else:
-                assert self.out is not None
+                assert self.opened
                 if header is None:
                     assert self.tmp is not None
-                    self.out.close()
+                    self._close()
                     header = _read_header(bytes(self.head), Path(self.tmp))
         except (InvalidDicomError, EOFError, ValueError, OSError) as exc:
             self.abort()
@@ -623,8 +640,7 @@ class _PartWriter:
             "status": "loaded", "error": None,
         }
         if self.tmp is not None and self.hash is not None:
-            assert self.out is not None
-            self.out.close()
+            self._close()
             path = os.path.join(self._folder(header), f"{sop}.dcm")
             os.replace(self.tmp, path)
             self.tmp = None

@@ -200,6 +200,7 @@ def figures(url: str, study_uid: str, study_bytes: int, large_uid: str, large_by
         large.ours.append(result["peak_rss"] / 2**20)
         large.note = f"kit download of the large study: {mbps(result, large_bytes):.0f} MB/s"
     shutil.rmtree(work, ignore_errors=True)
+    os.sync()  # the deletions written back (see run.py's end)
     print(f"  {large.name}: {large.value(large.ours):.0f} vs {large.value(large.baseline):.0f} MiB")
     return [*out, datasets, large]
 

@@ -895,11 +895,13 @@ class Retriever:
         ``progress``: the tqdm bars. ``on_progress``: called with a :class:`RetrievalProgress` once at the
         start and after every instance (from the download threads, one call at a time; an exception it
         raises stops the retrieval; its ``instances_total`` is None until the instance lists of series
-        not listed in advance came: a series with nothing recorded before is fetched while its list is
-        asked for, and if asking for that list fails the call raises after the series was written; the
-        sidecar has its files, so a second call resumes). ``checksum``: what the manifest and the
-        sidecar record per file, ``crc32`` (enough to find a damaged or cut file when resuming, and
-        cheap) or ``sha256`` (a cryptographic digest, for provenance; about 0.05 s more CPU per 100 MB)."""
+        neither listed nor counted in advance came: a series with nothing recorded before is fetched
+        while its list is asked for, or without it when the series query gave its count (the list is
+        asked for at the end if fewer came), and if asking for a list fails the call raises after the
+        series was written; the sidecar has its files, so a second call resumes). ``checksum``: what
+        the manifest and the sidecar record per file, ``crc32`` (enough to find a damaged or cut file
+        when resuming, and cheap) or ``sha256`` (a cryptographic digest, for provenance; about 0.05 s
+        more CPU per 100 MB)."""
         if checksum not in CHECKSUMS:
             raise ValueError(f"checksum must be one of {', '.join(CHECKSUMS)}")
         root = Path(directory)
@@ -963,7 +965,8 @@ class Retriever:
              progress: bool = True, on_progress: ProgressCallback | None = None) -> list[Dataset]:
         """The targets' instances as pydicom Datasets, in series then instance-number order
         (``on_progress``: see :meth:`download`; its ``instances_total`` is None until the instance lists
-        of series not listed in advance came, which are asked for while those series are fetched).
+        of series neither listed nor counted in advance came, which are asked for while those series
+        are fetched).
 
         Raises :class:`ClientError` if any series failed (nothing partial is returned silently).
         """

@@ -47,6 +47,11 @@ _CHARSET = 0x00080005
 _OTHER_ENCODINGS = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"}
 #: b"OB" -> ("OB", whether its length field has 4 bytes): the standard VRs, as pydicom knows them
 _VRS = {str(vr).encode(): (str(vr), vr in EXPLICIT_VR_LENGTH_32) for vr in VR if len(str(vr)) == 2}
+#: tag number -> BaseTag, made once (an ``int`` subclass: building one per element was about 8% of the
+#: reader's time on 128 KiB instances); at most ``_TAGS_KEPT`` tags, so files full of odd private tags
+#: cannot grow it without end
+_TAGS: dict[int, BaseTag] = {}
+_TAGS_KEPT = 4096
 #: a RawDataElement made without the Python-level ``__new__`` of a NamedTuple (a third of the loop)
 _raw = cast(Any, tuple.__new__)
 
@@ -116,6 +121,7 @@ def _elements(view: memoryview, pos: int, group: int | None,
     path leaves to ``dcmread``. A sequence of
     undefined length is read as ``dcmread`` reads it, by pydicom from ``source`` (a parsed element)."""
     vrs = _VRS
+    tags = _TAGS
     unpack = _ELEMENT.unpack_from
     end = len(view)
     elements: dict[BaseTag, Any] = {}
@@ -137,7 +143,11 @@ def _elements(view: memoryview, pos: int, group: int | None,
             length = _LONG.unpack_from(view, start)[0]
             start += 4
         number = g << 16 | e
-        tag = BaseTag(number)
+        tag = tags.get(number)
+        if tag is None:
+            tag = BaseTag(number)
+            if len(tags) < _TAGS_KEPT:
+                tags[number] = tag
         if length == _UNDEFINED:
             if vr == "UN":
                 return None  # pydicom's settings decide what it is

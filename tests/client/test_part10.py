@@ -187,3 +187,21 @@ def test_values_are_copies_that_outlive_the_buffer() -> None:
     buf[:] = b"\0" * len(buf)  # the kit reuses the buffer for the next part
     assert ds == dcmread(io.BytesIO(data))
     assert ds.buffer is not None and ds.buffer.closed
+
+
+def test_tags_are_shared_between_files_and_their_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each tag's ``BaseTag`` is made once and reused by later files; a file full of tags never seen
+    before (private ones) cannot grow the cache past its bound, and still reads as ``dcmread`` reads it."""
+    first = part10.read_part10(memoryview(CASES["private elements"]))
+    again = part10.read_part10(memoryview(CASES["private elements"]))
+    assert all(a is b for a, b in zip(first._dict, again._dict, strict=True))
+
+    monkeypatch.setattr(part10, "_TAGS_KEPT", len(part10._TAGS) + 5)
+    ds = pydicom.dcmread(io.BytesIO(CASES["private elements"]))
+    ds.add_new(0x00110010, "LO", "S4S MANY")
+    for n in range(200):
+        ds.add_new(0x00111000 + n, "LO", f"value {n}")
+    out = io.BytesIO()
+    ds.save_as(out)
+    assert_same(out.getvalue())
+    assert len(part10._TAGS) <= part10._TAGS_KEPT

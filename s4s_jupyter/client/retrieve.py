@@ -906,8 +906,8 @@ class Retriever:
             raise ValueError(f"checksum must be one of {', '.join(CHECKSUMS)}")
         root = Path(directory)
         previous = _read_sidecar(root)
-        # a series of which nothing was recorded before has nothing to resume: it is fetched whole while
-        # its instance list is asked for (QIDO-RS), as in load(); the list is needed only for the manifest
+        # a series of which nothing was recorded before has nothing to resume: it is fetched whole without
+        # waiting for its instance list (_Listing), as in load(); the list is needed only for the manifest
         started = {rec.get("series_uid") for rec in previous.values()}
         early, later = self._split(targets, first_only, lambda t: None not in started
                                    and t.series_uid not in started)
@@ -924,8 +924,9 @@ class Retriever:
 
     def _split(self, targets: Sequence[SeriesTarget], first_only: bool,
                eligible: Callable[[SeriesTarget], bool]) -> tuple[list[SeriesTarget], list[SeriesTarget]]:
-        """The distinct ``targets`` as (early, later): early ones are fetched as whole series while their
-        instance lists are asked for (:class:`_Listing`); later ones are listed first. A target is early
+        """The distinct ``targets`` as (early, later): early ones are fetched as whole series without
+        waiting for their instance lists (:class:`_Listing`: counted, or listed meanwhile); later ones are
+        listed first. A target is early
         when its list is not known, it is wanted whole, and ``eligible(target)`` (download: nothing of
         it to resume)."""
         early: list[SeriesTarget] = []
@@ -971,8 +972,8 @@ class Retriever:
         Raises :class:`ClientError` if any series failed (nothing partial is returned silently).
         """
         targets = list(targets)
-        # whole series whose instance lists are not known yet are fetched while their lists are asked
-        # for (_Listing): the lists are needed only at the end, to check that every instance came
+        # whole series whose instance lists are not known yet are fetched without waiting for them
+        # (_Listing): the lists, or the counts, are needed only at the end, to check that every instance came
         early, later = self._split(targets, first_only, lambda t: True)
         with _Listing(self, early) as listing:
             resolved = dict(zip(later, self.resolve(later), strict=True))
@@ -1066,19 +1067,20 @@ class _Listing:
         self.retriever = retriever
         self.counted = [t for t in early if t.count is not None]
         self.asked = [t for t in early if t.count is None]
+        self.counted_total = sum(t.count for t in self.counted if t.count is not None)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s4s-list") if self.asked else None
         self._lists = self._pool.submit(retriever.resolve, self.asked) if self._pool is not None else None
 
     def total(self, known: int) -> int | None:
         """How many instances the call will have: ``known`` (listed before) and the early series' counts;
         None while lists are still asked for."""
-        return None if self._lists is not None else known + sum(t.count or 0 for t in self.counted)
+        return None if self._lists is not None else known + self.counted_total
 
     def report_total(self, progress: _Progress, known: int) -> None:
         """Set ``progress``'s total once the lists asked for came (:meth:`total` gave None)."""
         if self._lists is None:
             return
-        known += sum(t.count or 0 for t in self.counted)
+        known += self.counted_total
 
         def total(f: Future[list[SeriesTarget]]) -> None:
             if f.exception() is None:

@@ -37,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,16 @@ print(json.dumps({"seconds": elapsed, "files": len(datasets),
 """
 
 
+def new_folders(root: Path) -> Callable[[str], Path]:
+    """``fresh(name)``: a new folder under ``root`` for one run, never one used before. The caller removes
+    them all after its timed runs, not before each run: deleting hundreds of files just before writing as
+    many makes ext4 (without a journal, as here) step over the recently freed inodes while it allocates
+    new ones (``recently_deleted`` under ``find_inode_bit``): creating 200 files took 17 ms instead of
+    6-8, a cost of the benchmark's cleanup, not of the clients."""
+    made = itertools.count()
+    return lambda name: root / f"{name}-{next(made)}"
+
+
 def run_python(code: str, *args: str) -> dict[str, float]:
     out = subprocess.run([sys.executable, "-c", code, *args], check=True, capture_output=True, text=True)
     result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
@@ -140,15 +151,7 @@ def figures(url: str, study_uid: str, study_bytes: int, large_uid: str, large_by
     """
     from benchmarks.stats import Figure, Target
 
-    made = itertools.count()
-
-    def fresh(name: str) -> str:
-        """A new folder for one run. All are removed after the timed rows, not before each run: deleting
-        hundreds of files just before writing as many makes ext4 (without a journal, as here) step over
-        the recently freed inodes while it allocates new ones (``recently_deleted`` under
-        ``find_inode_bit``): creating 200 files took 17 ms instead of 6-8, a cost of the benchmark's
-        cleanup, not of the clients."""
-        return str(work / f"{name}-{next(made)}")
+    fresh = new_folders(work)
 
     def mbps(result: dict[str, float], size: int = study_bytes) -> float:
         return size / result["seconds"] / 1e6
@@ -157,16 +160,16 @@ def figures(url: str, study_uid: str, study_bytes: int, large_uid: str, large_by
     rows = [
         ("study to disk", "kit download", "dicomweb-client retrieve_study + save_as",
          Target(">=", 2.0, "kit >= 2 x dicomweb-client"),
-         lambda: run_python(KIT, url, study_uid, fresh("kit"), str(connections), "study"),
-         lambda: run_python(DWC, url, study_uid, fresh("dwc"))),
+         lambda: run_python(KIT, url, study_uid, str(fresh("kit")), str(connections), "study"),
+         lambda: run_python(DWC, url, study_uid, str(fresh("dwc")))),
         ("study into pydicom datasets", "kit retrieve", "dicomweb-client retrieve_study",
          Target(">=", 2.0, "kit >= 2 x dicomweb-client"),
          lambda: run_python(KIT_DATASETS, url, study_uid, str(connections)),
          lambda: run_python(DWC_DATASETS, url, study_uid)),
         ("study to disk vs curl", "kit download", "curl (one request, to one file)",
          Target(">=", 0.5, "kit >= 0.5 x curl"),
-         lambda: run_python(KIT, url, study_uid, fresh("kit"), str(connections), "study"),
-         lambda: run_curl([study_url], Path(fresh("curl")), 1)),
+         lambda: run_python(KIT, url, study_uid, str(fresh("kit")), str(connections), "study"),
+         lambda: run_curl([study_url], fresh("curl"), 1)),
     ]
     out: list[Any] = []
     memory: dict[str, list[float]] = {}
@@ -246,10 +249,7 @@ def main() -> None:
 
         results: dict[str, list[dict[str, float]]] = {}
 
-        made = itertools.count()
-
-        def fresh(name: str) -> Path:  # a new folder per run, as in figures()
-            return work / "out" / f"{name}-{next(made)}"
+        fresh = new_folders(work / "out")
 
         for _ in range(args.repeat):  # interleaved, so drift hits every client alike
             results.setdefault("kit", []).append(run_python(KIT, url, study.study_uid, str(fresh("kit")),

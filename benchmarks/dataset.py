@@ -32,7 +32,7 @@ class Shape:
     series: int = 2
     instances: int = 100
     rows: int = 512
-    large_mb: int = 1024
+    large_mb: int = 2048  # issue 8: memory "while moving a 2 GB study"
     seed: int = 8
 
     @property

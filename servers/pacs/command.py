@@ -40,6 +40,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="threads for blocking work, per process")
     p.add_argument("--processes", type=_positive, default=1,
                    help="worker processes sharing the port (default 1; the number of cores uses them all)")
+    p.add_argument("--unsent-limit", type=_non_negative, metavar="BYTES",
+                   default=PACSSettings.unsent_limit_bytes,
+                   help="at most this much data left unsent in a TCP connection's send queue while "
+                        "sending stored files (TCP_NOTSENT_LOWAT; default %(default)s, 0: the kernel's "
+                        "default, no limit; docs/pacs.md)")
     p.add_argument("--no-fsync", action="store_true",
                    help="do not fsync stored files (faster, not crash-safe; benchmarks only)")
 
@@ -58,9 +63,17 @@ def _positive(text: str) -> int:
     return value
 
 
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
 def _settings(args: argparse.Namespace) -> PACSSettings:
     return PACSSettings(data_dir=Path(args.data_dir).resolve(), max_upload_bytes=args.max_upload_bytes,
-                        workers=args.workers, fsync=not args.no_fsync)
+                        workers=args.workers, fsync=not args.no_fsync,
+                        unsent_limit_bytes=args.unsent_limit or None)
 
 
 def _reserve(args: argparse.Namespace) -> tuple[Reservation, socket.socket | None]:

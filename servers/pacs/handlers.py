@@ -89,8 +89,9 @@ class PACSHandler(DICOMwebHandler):
 
     async def stream(self, segments: list[Segment], content_type: str) -> None:
         """Send ``segments`` as the body (see :func:`servers.pacs.streaming.send`)."""
-        await send(self, segments, content_type, self.ctx.executor, self.ctx.settings.read_chunk_bytes,
-                   self.ctx.settings.sendfile_min_bytes)
+        settings = self.ctx.settings
+        await send(self, segments, content_type, self.ctx.executor, settings.read_chunk_bytes,
+                   settings.sendfile_min_bytes, settings.unsent_limit_bytes)
 
 
 # -- QIDO-RS -------------------------------------------------------------------------------------------

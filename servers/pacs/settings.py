@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from servers.runtime import UNSENT_LIMIT_BYTES
+
 #: URL path prefix of the DICOMweb service: the base URL is ``http://host:port/dicom-web``.
 BASE_PATH = "/dicom-web"
 
@@ -29,6 +31,9 @@ class PACSSettings:
       side with Orthanc) ``sendfile`` gave 4 concurrent retrieves 1.04x and 1.18x Orthanc against 0.95x
       and 0.89x for the block path, 8 concurrent 1.61-1.72x against 1.33-1.36x, one httpx stream
       1.26-1.45x against 1.44-1.63x (it had been 256 KiB while a slower httpx client favoured blocks).
+    - ``unsent_limit_bytes``: on TCP connections answered with ``sendfile``, at most about this much
+      data waits in the kernel's send queue unsent (``TCP_NOTSENT_LOWAT``; why:
+      :func:`servers.runtime.limit_unsent`); ``None`` leaves the kernel's default (no limit).
     - ``shared_store``: the store's folder is owned by a supervisor process (``--processes N``): open it
       without locking or tidying it (see :class:`servers.pacs.store.Store`).
     """
@@ -41,4 +46,5 @@ class PACSSettings:
     workers: int = 8
     fsync: bool = True
     sendfile_min_bytes: int | None = 64 * 1024
+    unsent_limit_bytes: int | None = UNSENT_LIMIT_BYTES
     shared_store: bool = False

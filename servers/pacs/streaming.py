@@ -16,14 +16,18 @@ from tornado.http1connection import HTTP1Connection
 from tornado.iostream import IOStream, SSLIOStream, StreamClosedError
 
 from servers.pacs.segments import FileRange, Segment, iter_blocks, known_length
+from servers.runtime import limit_unsent
 
 
 async def send(handler: tornado.web.RequestHandler, segments: list[Segment], content_type: str,
-               executor: Executor, block: int, sendfile_min_bytes: int | None) -> None:
+               executor: Executor, block: int, sendfile_min_bytes: int | None,
+               unsent_limit: int | None = None) -> None:
     """Send ``segments`` as the body of ``handler``'s answer and finish it.
 
     Stored files of at least ``sendfile_min_bytes`` go out with ``sendfile(2)`` when the total length is
-    known; everything else in blocks of about ``block`` bytes read in ``executor``.
+    known, with at most about ``unsent_limit`` bytes left unsent in a TCP socket's queue (see
+    :class:`servers.pacs.settings.PACSSettings`); everything else in blocks of about ``block`` bytes
+    read in ``executor``.
     """
     handler.set_header("Content-Type", content_type)
     total = known_length(segments)
@@ -47,6 +51,8 @@ async def send(handler: tornado.web.RequestHandler, segments: list[Segment], con
         return
     # small delimiter writes between large sendfile(2) calls must not wait for ACKs (Nagle)
     sender.connection.stream.set_nodelay(True)
+    if unsent_limit:
+        limit_unsent(sender.sock, unsent_limit)
     try:
         batch: list[Segment] = []
         for seg in segments:

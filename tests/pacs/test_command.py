@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 import httpx
+import pytest
 
 from servers.demo_data.dicom import plan_size
 from servers.demo_data.plan import DemoPlan
@@ -35,3 +36,17 @@ def test_seeding_loads_the_plan_once(tmp_path: Path, small_plan: DemoPlan) -> No
     assert seed(store, small_plan) == 0
     assert store.count_instances() == plan_size(small_plan)
     store.close()
+
+
+def test_unsent_limit_option(tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    default = command._settings(parser.parse_args(["--data-dir", str(tmp_path)]))
+    assert default.unsent_limit_bytes == 16 * 1024
+    off = command._settings(parser.parse_args(["--data-dir", str(tmp_path), "--unsent-limit", "0"]))
+    assert off.unsent_limit_bytes is None  # the kernel's default: no limit
+    other = command._settings(parser.parse_args(["--data-dir", str(tmp_path), "--unsent-limit", "65536"]))
+    assert other.unsent_limit_bytes == 65536
+    with pytest.raises(SystemExit) as refused:
+        parser.parse_args(["--unsent-limit", "-1"])
+    assert refused.value.code == 2  # argparse's usage error

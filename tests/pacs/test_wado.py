@@ -13,6 +13,7 @@ from PIL import Image
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless, generate_uid
 
 from s4s_jupyter.core.dicomjson import first
+from s4s_jupyter.core.multipart import iter_parts, parse_content_type
 from servers.demo_data.plan import DemoPlan
 from servers.pacs.settings import PACSSettings
 from servers.runtime import ServerLoop
@@ -250,6 +251,53 @@ def test_a_client_leaving_mid_stream_does_not_disturb_the_server(wado_pacs: PACS
             assert s.recv(100).startswith(b"HTTP/1.1 200")
     r = wado_pacs.get(f"/studies/{study.study_uid}", accept=DICOM_ANY)
     assert r.status_code == 200 and len(parse_multipart(r)) == study.number_of_instances
+
+
+def test_a_slow_reader_gets_every_byte_through_the_unsent_limit(pacs: PACS,
+                                                                plan_files: dict[str, bytes]) -> None:
+    """A 2 MiB instance to a reader with a 4 KiB receive buffer: the PACS's socket is full at every
+    step, so sendfile(2) stops at the unsent limit (TCP_NOTSENT_LOWAT) over and over; the body is
+    still the whole answer."""
+    import socket
+    from urllib.parse import urlsplit
+
+    assert pacs.settings.unsent_limit_bytes and pacs.settings.sendfile_min_bytes  # the defaults apply
+    ds = read_dicom(next(iter(plan_files.values())))
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=["large"])
+    ds.Rows = ds.Columns = 1024
+    ds.PixelData = np.arange(1024 * 1024, dtype="<u2").tobytes()
+    assert pacs.stow([_bytes(ds)]).status_code == 200
+    expected = pacs.get(_path(ds), accept=DICOM_ANY)
+    u = urlsplit(pacs.url)
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: a small window
+        s.settimeout(10)
+        s.connect((u.hostname, u.port))
+        s.sendall((f"GET {u.path}{_path(ds)} HTTP/1.1\r\nHost: {u.netloc}\r\n"
+                   f"Accept: {DICOM_ANY}\r\nConnection: close\r\n\r\n").encode())
+        received = bytearray()
+        while chunk := s.recv(1024):
+            received += chunk
+    head, _, body = bytes(received).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert len(body) == int(expected.headers["content-length"]) > 2 * 1024 * 1024
+    fields = dict(line.split(": ", 1) for line in head.decode("latin-1").split("\r\n")[1:])
+    _, params = parse_content_type(fields["Content-Type"])
+    assert [p for _, p in iter_parts(body, params["boundary"])] == [p for _, p in parse_multipart(expected)]
+
+
+def test_limit_unsent_sets_tcp_notsent_lowat_on_tcp_sockets_only() -> None:
+    import socket
+
+    from servers.runtime import limit_unsent
+
+    with socket.create_server(("127.0.0.1", 0)) as server, \
+            socket.create_connection(server.getsockname()) as tcp:
+        limit_unsent(tcp, 16384)
+        assert tcp.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT) == 16384
+    a, b = socket.socketpair()  # a Unix socket (a broker's hop): left as it is, no error
+    with a, b:
+        limit_unsent(a, 16384)
 
 
 def test_a_deflated_instance_is_inflated_for_retrieval_and_frames(pacs: PACS,

@@ -55,6 +55,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--requests", type=int, default=40, help="requests per latency figure (default 40)")
     p.add_argument("--observations", type=int, default=100_000, help="Observations for the FHIR figure")
     p.add_argument("--fhir-page", type=int, default=100, help="_count of the FHIR search (default 100)")
+    p.add_argument("--unsent-limit", type=int, metavar="BYTES",
+                   help="our PACS's --unsent-limit (default: the PACS's own default; 0: no limit)")
     p.add_argument("--only", help=f"comma-separated groups to run (of {', '.join(GROUPS)})")
     p.add_argument("--cache", type=Path, default=ROOT / "results" / "cache", help="data set cache folder")
     p.add_argument("--results", type=Path, default=ROOT / "results", help="where the results are written")
@@ -102,7 +104,8 @@ def main() -> None:
             os.sync()
         print(f"  our PACS store: {n} files in {t_pacs():.0f} s; Orthanc: {t_orthanc():.0f} s; "
               f"written back in {t_sync():.0f} s")
-        pacs_proc, pacs_url = start_pacs(work / "pacs", work)
+        extra = [] if args.unsent_limit is None else ["--unsent-limit", str(args.unsent_limit)]
+        pacs_proc, pacs_url = start_pacs(work / "pacs", work, extra)
         procs.append(pacs_proc)
         assert orthanc.pid is not None
         ours, theirs = Server("our PACS", pacs_url, pacs_proc.pid), Server("Orthanc", orthanc.dicomweb_url,

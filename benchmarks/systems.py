@@ -84,14 +84,15 @@ def load_orthanc(orthanc: OrthancServer, files: Iterable[Path], threads: int = 2
         return sum(len(ids) for ids in pool.map(orthanc.load, chunks))
 
 
-def start_pacs(store_dir: Path, work: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_pacs(store_dir: Path, work: Path, extra: list[str] | None = None
+               ) -> tuple[subprocess.Popen[bytes], str]:
     """``s4s-servers pacs`` on the store, in a subprocess with one worker process per core, listening on
-    ``work/pacs.sock`` and taking handoffs on ``work/pacs-handoff.sock`` too (for the brokers); returns
-    the (supervisor) process and its DICOMweb base."""
+    ``work/pacs.sock`` and taking handoffs on ``work/pacs-handoff.sock`` too (for the brokers), with
+    ``extra`` arguments; returns the (supervisor) process and its DICOMweb base."""
     processes = str(os.cpu_count() or 1)  # as Orthanc, which uses every core by default
     proc, urls = start_role(["pacs", "--data-dir", str(store_dir), "--no-fsync", "--processes", processes,
                              "--unix-socket", str(pacs_socket(work)),
-                             "--handoff-socket", str(pacs_handoff(work))], work, "pacs")
+                             "--handoff-socket", str(pacs_handoff(work)), *(extra or [])], work, "pacs")
     return proc, str(urls["pacs_dicomweb"])
 
 

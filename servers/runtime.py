@@ -169,8 +169,8 @@ def limit_unsent(sock: socket.socket, limit: int = UNSENT_LIMIT_BYTES) -> None:
 
     Without a limit, a client that reads more slowly than the server sends leaves megabytes queued, and
     each of its window updates makes the kernel transmit from that queue in the client's own process:
-    on loopback that work falls on the client, which slows it further (measured with httpx: 80-120 ms of
-    client CPU per 105 MB study in such transfers instead of 42-48). With the limit the server transmits
+    on loopback that work falls on the client, which slows it further (measured with httpx: 58-119 ms of
+    client CPU per 105 MB study in such transfers instead of 40-48). With the limit the server transmits
     in its own time. 16 KiB, the value HTTP/2 servers use, measured best here (docs/benchmarks.md). TCP
     sockets only; others (a Unix socket between broker and PACS) are left as they are."""
     if sock.family in (socket.AF_INET, socket.AF_INET6):

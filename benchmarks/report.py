@@ -64,9 +64,10 @@ def markdown(figures: list[Figure], info: dict[str, Any]) -> str:
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Linux {m['kernel']}. "
         f"Orthanc {v.get('orthanc', '?')} with DICOMweb {v.get('orthanc-dicomweb', '?')}; "
         f"dicomweb-client {v['dicomweb-client']}; curl {v['curl']}; Python {v['python']}.",
-        f"Each value is the {info['rounds']}-repeat statistic named in the figure ({2 * info['rounds']} "
-        "for the rows through the broker; at most 3 for the disk, server memory, FHIR and STOW-RS rows; "
-        "median unless p50/p95; peak memory: max); systems interleaved ABBA. Ratio = ours / baseline. "
+        f"Each value is the {info['rounds']}-repeat statistic named in the figure ({info['broker_rounds']} "
+        f"for the rows through the broker, {info['few_rounds']} for the disk, server memory, FHIR and "
+        "STOW-RS rows; median unless p50/p95; peak memory: max); systems interleaved ABBA. "
+        "Ratio = ours / baseline. "
         "\"of limit\" = ours / the loopback ceiling of the same client (curl's; httpx's for httpx rows).",
         "",
         "| group | figure | unit | ours | baseline | ratio | target | met? | of limit |",

@@ -73,7 +73,8 @@ def main() -> None:
     names = ("patients", "studies", "series", "instances", "rows", "large_mb")
     overrides = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     shape = dataclasses.replace(SIZES[args.size], **overrides)
-    rounds, few = args.rounds, min(args.rounds, 3)
+    # the broker rows take twice the repeats: they spread the most (docs/benchmarks.md)
+    rounds, few, broker_rounds = args.rounds, min(args.rounds, 3), 2 * args.rounds
     print(f"data set {shape.key} in {args.cache}")
     ds = build(shape, args.cache)
     studies = [s for _, s in ds.studies]
@@ -150,9 +151,8 @@ def main() -> None:
                                                    ("TCP", None, None)):
                     broker_dicomweb = stack.start_broker(pacs_url, socket_path, handoff)
                     procs.append(stack.brokers[-1])
-                    # twice the repeats: these rows spread the most (docs/benchmarks.md)
-                    figures += bench_retrieve.broker(pacs_url, broker_dicomweb, token, uids, 2 * rounds, link,
-                                                     target=handoff is not None)
+                    figures += bench_retrieve.broker(pacs_url, broker_dicomweb, token, uids, broker_rounds,
+                                                     link, target=handoff is not None)
             if "fhir" in groups:
                 print(f"FHIR ({args.observations} Observations)")
                 with stopwatch() as t_obs:
@@ -165,6 +165,7 @@ def main() -> None:
             figures += bench_stow.stow(pacs_url, orthanc.dicomweb_url, files, 10, few)
         info = {"finished": datetime.now(UTC).strftime("%Y-%m-%d %H:%M"), "data_set": shape.key,
                 "data_set_bytes": total, "shape": dataclasses.asdict(shape), "rounds": rounds,
+                "broker_rounds": broker_rounds, "few_rounds": few,
                 "requests": args.requests, "machine": report.machine(),
                 "versions": report.versions(orthanc.url)}
     finally:

@@ -45,7 +45,7 @@ from typing import Any
 from tornado.httpserver import HTTPServer
 from tornado.iostream import IOStream
 
-from servers.runtime import bind_unix
+from servers.runtime import bind_unix, fd_ready
 
 log = logging.getLogger("s4s.handoff")
 
@@ -214,28 +214,17 @@ class HandoffListener:
 async def _recvmsg(control: socket.socket, size: int,
                    timeout: float | None) -> tuple[bytes, array.array[int], int]:
     """One message and the descriptors that came with it."""
-    loop = asyncio.get_running_loop()
     while True:
         try:
             data, ancillary, flags, _ = control.recvmsg(size, _FDS)
             break
         except (BlockingIOError, InterruptedError):
-            ready: asyncio.Future[None] = loop.create_future()
-            loop.add_reader(control.fileno(), _wake, ready)
-            try:
-                await asyncio.wait_for(ready, timeout)
-            finally:
-                loop.remove_reader(control.fileno())
+            await fd_ready(control.fileno(), timeout=timeout)
     fds = array.array("i")
     for level, kind, payload in ancillary:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
     return data, fds, flags
-
-
-def _wake(ready: asyncio.Future[None]) -> None:
-    if not ready.done():  # a level-triggered reader may fire again before the waiter runs
-        ready.set_result(None)
 
 
 def _send_with_socket(control: socket.socket, message: bytes, fd: int) -> None:

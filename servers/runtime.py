@@ -177,6 +177,25 @@ def limit_unsent(sock: socket.socket, limit: int = UNSENT_LIMIT_BYTES) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, limit)
 
 
+async def fd_ready(fd: int, *, write: bool = False, timeout: float | None = None) -> None:
+    """Wait on the running loop until ``fd`` is readable (writable with ``write``); ``TimeoutError``
+    after ``timeout`` seconds. For sockets used with system calls Python's loop does not wrap
+    (``recvmsg`` with descriptors, ``sendfile`` to a Tornado stream's socket)."""
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+    add, remove = (loop.add_writer, loop.remove_writer) if write else (loop.add_reader, loop.remove_reader)
+    add(fd, _wake, ready)
+    try:
+        await (ready if timeout is None else asyncio.wait_for(ready, timeout))
+    finally:
+        remove(fd)
+
+
+def _wake(ready: asyncio.Future[None]) -> None:
+    if not ready.done():  # a level-triggered callback may fire again before the waiter runs
+        ready.set_result(None)
+
+
 class Server(HTTPServer):
     """Tornado's ``HTTPServer``, giving connections accepted on a Unix socket a large send buffer.
 

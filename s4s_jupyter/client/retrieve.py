@@ -926,9 +926,8 @@ class Retriever:
                eligible: Callable[[SeriesTarget], bool]) -> tuple[list[SeriesTarget], list[SeriesTarget]]:
         """The distinct ``targets`` as (early, later): early ones are fetched as whole series without
         waiting for their instance lists (:class:`_Listing`: counted, or listed meanwhile); later ones are
-        listed first. A target is early
-        when its list is not known, it is wanted whole, and ``eligible(target)`` (download: nothing of
-        it to resume)."""
+        listed first. A target is early when its list is not known, it is wanted whole, and
+        ``eligible(target)`` (download: nothing of it to resume)."""
         early: list[SeriesTarget] = []
         later: list[SeriesTarget] = []
         for t in dict.fromkeys(targets):

@@ -17,7 +17,7 @@ from tornado.http1connection import HTTP1Connection
 from tornado.iostream import IOStream, SSLIOStream, StreamClosedError
 
 from servers.pacs.segments import FileRange, Segment, iter_blocks, known_length
-from servers.runtime import limit_unsent
+from servers.runtime import fd_ready, limit_unsent
 
 
 async def send(handler: tornado.web.RequestHandler, segments: list[Segment], content_type: str,
@@ -157,28 +157,13 @@ class ZeroCopySender:
             try:
                 n = os.sendfile(out, fd, offset + total, count - total)
             except (BlockingIOError, InterruptedError):
-                await self._writable(out)
+                await fd_ready(out, write=True)
                 continue
             if n == 0:
                 break  # the file is shorter than the index says
             total += n
         return total
 
-    @staticmethod
-    async def _writable(out: int) -> None:
-        loop = asyncio.get_running_loop()
-        ready: asyncio.Future[None] = loop.create_future()
-        loop.add_writer(out, _wake, ready)
-        try:
-            await ready
-        finally:
-            loop.remove_writer(out)
-
     def abort(self) -> None:
         """Close the connection after a failed send: the client cannot tell where the body stopped."""
         self.connection.stream.close()
-
-
-def _wake(ready: asyncio.Future[None]) -> None:
-    if not ready.done():  # a level-triggered writer may fire again before the waiter runs
-        ready.set_result(None)

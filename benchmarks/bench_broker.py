@@ -32,7 +32,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from benchmarks.systems import pacs_socket, start_broker_stack, start_pacs
+from benchmarks.systems import pacs_socket, start_broker_stack, start_pacs, stop
 from servers.broker.app import quiet_httpx
 from servers.demo_data.plan import DemoOptions, make_plan
 from servers.pacs.seed import seed
@@ -119,12 +119,12 @@ def main() -> None:
         sampling = threading.Event()
 
         def sample() -> None:
-            while not stop.is_set():
+            while not done.is_set():
                 if sampling.is_set():
                     samples.append(broker_ps.memory_info().rss)
                 time.sleep(0.1)
 
-        stop = threading.Event()
+        done = threading.Event()
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         retrieve(broker_url, auth)  # warm-up: connections, caches, page cache
@@ -160,7 +160,7 @@ def main() -> None:
             slow_size, slow_seconds = retrieve(broker_url, auth, args.slow_client_mbps)
             sampling.clear()
             slow_peak = max(samples) if samples else 0
-        stop.set()
+        done.set()
         sampler.join()
         ratio = statistics.median(through) / statistics.median(direct)
         best_ratio = max(through) / max(direct)

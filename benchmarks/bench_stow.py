@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import httpx
 import pydicom
@@ -76,7 +77,8 @@ def store(base: str, bodies: list[tuple[str, bytes]], connections: int, instance
                 ctype, body = work.get_nowait()
             except queue.Empty:
                 return
-            r = client.post(f"{base}/studies", content=pieces(body),
+            # views, not bytes (see pieces); httpx sends any buffer, its annotation says bytes
+            r = client.post(f"{base}/studies", content=cast(Iterator[bytes], pieces(body)),
                             headers={"Content-Type": ctype, "Accept": "application/dicom+json",
                                      "Content-Length": str(len(body))})
             if r.status_code != 200:

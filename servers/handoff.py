@@ -184,31 +184,43 @@ class HandoffListener:
 
     async def _answer(self, control: socket.socket, head: bytes, client: socket.socket) -> bool:
         """Serve ``head`` on ``client`` and report; True when the connection went back to the broker."""
-        loop = asyncio.get_running_loop()
-        closed: asyncio.Future[None] = loop.create_future()
-        try:
-            address: Any = client.getpeername() if client.family in (socket.AF_INET, socket.AF_INET6) \
-                else ()
-        except OSError:
-            address = ()
-        stream = _HandedStream(client, head, closed)
         self.handed += 1
-        self.server.handle_stream(stream, address)
+        status, kept = await serve_handed(self.server, head, client)
         try:
-            await closed
-            deadline = loop.time() + FINISH_GRACE
-            while stream.answered is None and stream.kept is None and loop.time() < deadline:
-                await asyncio.sleep(0.01)  # the handler may still be finishing (see FINISH_GRACE)
-            message = str(stream.answered or 0).encode()
-            if stream.kept is not None:
-                _send_with_socket(control, message, stream.kept)
+            if kept is not None:
+                _send_with_socket(control, str(status).encode(), kept)
                 return True
-            await loop.sock_sendall(control, message)
+            await asyncio.get_running_loop().sock_sendall(control, str(status).encode())
         except OSError:
             pass  # the broker is gone: the connection closes with our descriptor
         finally:
-            stream.abandon()  # after a hand-back: our descriptor of it; else the connection itself
+            if kept is not None:
+                socket.close(kept)  # ours; the broker holds its own
         return False
+
+
+async def serve_handed(server: HTTPServer, head: bytes, client: socket.socket) -> tuple[int, int | None]:
+    """Answer the one request ``head`` on the connection ``client`` with ``server``, as if it had come on
+    that connection, and read nothing else from it. Returns the status answered (0: the connection ended
+    before an answer was complete) and, when the connection can carry another request (the answer went
+    out whole and nobody asked to close), its descriptor, now the caller's; otherwise it is closed."""
+    loop = asyncio.get_running_loop()
+    closed: asyncio.Future[None] = loop.create_future()
+    try:
+        address: Any = client.getpeername() if client.family in (socket.AF_INET, socket.AF_INET6) else ()
+    except OSError:
+        address = ()
+    stream = _HandedStream(client, head, closed)
+    server.handle_stream(stream, address)
+    try:
+        await closed
+        deadline = loop.time() + FINISH_GRACE
+        while stream.answered is None and stream.kept is None and loop.time() < deadline:
+            await asyncio.sleep(0.01)  # the handler may still be finishing (see FINISH_GRACE)
+        kept, stream.kept = stream.kept, None
+        return stream.answered or 0, kept
+    finally:
+        stream.abandon()  # a connection not given back is closed
 
 
 async def _recvmsg(control: socket.socket, size: int,
@@ -345,4 +357,4 @@ class Handoff:
             self.control = None
 
 
-__all__ = ["Handoff", "HandoffError", "HandoffListener", "bind_handoff", "report"]
+__all__ = ["Handoff", "HandoffError", "HandoffListener", "bind_handoff", "report", "serve_handed"]

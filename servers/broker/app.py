@@ -31,6 +31,7 @@ from servers.broker.fhir_handlers import (
     MetadataHandler,
     SmartConfigurationHandler,
 )
+from servers.broker.local_pacs import LocalPACS
 from servers.broker.patients import FHIRPatientDirectory, IdentifierRule, PatientDirectory
 from servers.broker.rewrite import URLRewriter
 from servers.broker.service import ImagingService
@@ -74,6 +75,10 @@ def build_context(settings: BrokerSettings, base_url: str, *, authorizer: Author
                               max_json_bytes=settings.max_metadata_bytes, unix_socket=settings.pacs_socket)
         cleanups.append(dw.aclose)
         upstream = dw
+    local_pacs = None
+    if settings.pacs_store is not None:
+        local_pacs = LocalPACS(settings.pacs_store, settings.pacs_url)
+        cleanups.append(local_pacs.close)
     dicomweb_base = base + dicomweb_path
     service = ImagingService(upstream, patients, URLRewriter(upstream.base_url, dicomweb_base),
                              endpoint_id=settings.endpoint_id, owner_ttl=settings.owner_cache_ttl,
@@ -84,7 +89,7 @@ def build_context(settings: BrokerSettings, base_url: str, *, authorizer: Author
         audit=AuditTrail(audit_path, observer=f"s4s FHIR broker at {base}"), ehr=ehr,
         fhir_base=base + fhir_path, dicomweb_base=dicomweb_base,
         endpoint=wado_endpoint(settings.endpoint_id, dicomweb_base, name="s4s broker WADO-RS"),
-        dicomweb_path=dicomweb_path)
+        dicomweb_path=dicomweb_path, local_pacs=local_pacs)
     return ctx, cleanups
 
 

@@ -32,6 +32,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="hand authorized retrieves' client connections to the PACS through this Unix socket "
                         "(same host; ours: s4s-servers pacs --handoff-socket PATH): the PACS answers on them "
                         "directly, the broker leaves the data path (docs/broker.md)")
+    p.add_argument("--pacs-store", metavar="DIR",
+                   help="answer authorized retrieves in this process, from our PACS's data folder on the "
+                        "same host (its --data-dir, opened shared, read only): no second process per "
+                        "request (docs/broker.md)")
     p.add_argument("--introspection", required=True, metavar="URL",
                    help="an RFC 7662 endpoint: the token introspection service or the EHR's own")
     p.add_argument("--ehr", required=True, metavar="URL", help="the EHR's FHIR base (e.g. http://host/fhir)")
@@ -73,6 +77,9 @@ def run(args: argparse.Namespace, loop: ServerLoop) -> dict[str, Any]:
                  if args.pacs_authorization_file else None)
     if (args.pacs_socket or args.pacs_handoff) and not args.pacs.startswith("http://"):
         raise StartupError("--pacs-socket and --pacs-handoff carry plain HTTP: --pacs must be an http:// URL")
+    if args.pacs_store and args.pacs_handoff:
+        raise StartupError("--pacs-store and --pacs-handoff are two ways to answer the same retrieves: "
+                           "give one")
     data_dir = Path(args.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     settings = BrokerSettings(
@@ -81,7 +88,8 @@ def run(args: argparse.Namespace, loop: ServerLoop) -> dict[str, Any]:
         data_dir=data_dir, upstream_timeout=args.upstream_timeout, upstream_authorization=pacs_auth,
         introspection_cache_ttl=max(0.0, args.introspection_cache_ttl),
         pacs_socket=str(Path(args.pacs_socket).resolve()) if args.pacs_socket else None,
-        pacs_handoff=str(Path(args.pacs_handoff).resolve()) if args.pacs_handoff else None)
+        pacs_handoff=str(Path(args.pacs_handoff).resolve()) if args.pacs_handoff else None,
+        pacs_store=Path(args.pacs_store).resolve() if args.pacs_store else None)
     return serve(loop, settings, reserve(args.host, args.port))
 
 

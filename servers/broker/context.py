@@ -8,6 +8,7 @@ from typing import Any
 from servers.broker.audit import AuditTrail
 from servers.broker.authorizer import Authorizer
 from servers.broker.ehr_client import EHRClient
+from servers.broker.local_pacs import LocalPACS
 from servers.broker.service import ImagingService
 from servers.broker.settings import BrokerSettings
 
@@ -26,3 +27,5 @@ class BrokerContext:
     endpoint: dict[str, Any]
     #: URL path prefix of the DICOMweb routes (``/dicom-web``, or where the EHR mounts them)
     dicomweb_path: str
+    #: our PACS's application on its store, for retrieves answered in this process (``pacs_store``)
+    local_pacs: LocalPACS | None = None

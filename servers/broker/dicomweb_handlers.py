@@ -19,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
+import socket
 from dataclasses import dataclass
 from typing import cast
 from urllib.parse import unquote
@@ -152,48 +154,64 @@ class DICOMwebProxyHandler(GuardedMixin, DICOMwebHandler):
         await self.ctx.service.check_owner(access.patient, path.study, path.series, path.instance)
         upstream = self.ctx.service.upstream
         client = getattr(self.request.connection, "stream", None)
-        if (self.ctx.settings.pacs_handoff and isinstance(upstream, DICOMwebUpstream)
+        if ((self.ctx.settings.pacs_handoff or self.ctx.local_pacs) and isinstance(upstream, DICOMwebUpstream)
                 and type(client) is IOStream and self.request.version == "HTTP/1.1"):
-            await self._hand_off(path, upstream, self.ctx.settings.pacs_handoff, client)
+            await self._hand_off(path, upstream, client)
             return
         await self._stream(path)
 
-    async def _hand_off(self, path: DICOMwebPath, upstream: DICOMwebUpstream, socket_path: str,
-                        client: IOStream) -> None:
-        """Give the client's connection to the PACS, which answers this request on it
-        (:mod:`servers.handoff`); the audit records the status the PACS reports. A connection the PACS
-        gives back is served again here, for the client's next request."""
+    async def _hand_off(self, path: DICOMwebPath, upstream: DICOMwebUpstream, client: IOStream) -> None:
+        """Have the PACS answer this request on the client's connection: the PACS's own process, given the
+        connection (:mod:`servers.handoff`), or its application in this process
+        (:mod:`servers.broker.local_pacs`). The audit records the status it answered. A connection that
+        comes back is served again here, for the client's next request."""
         params = [(k, v) for k, v in self.query_pairs() if k != "access_token"]
         keep_alive = self.request.headers.get("Connection", "").lower() != "close"
         head = upstream.request_head(path.upstream, params, self.request.headers.get("Accept"), keep_alive)
         address = getattr(getattr(self.request.connection, "context", None), "address", ())
-        handoff = Handoff.of(socket_path, client)
+        local = self.ctx.local_pacs
+        handoff = None
+        if local is None:
+            assert self.ctx.settings.pacs_handoff is not None
+            handoff = Handoff.of(self.ctx.settings.pacs_handoff, client)
         kept = False
         try:
-            try:
-                await handoff.connect()
-            except HandoffError as exc:
-                log.error("%s", exc)
-                raise UpstreamError("the PACS cannot be reached") from None
+            if handoff is not None:
+                try:
+                    await handoff.connect()
+                except HandoffError as exc:
+                    log.error("%s", exc)
+                    raise UpstreamError("the PACS cannot be reached") from None
             self.detach()  # from here on the answer is the PACS's (on ``client``, the stream detached)
             self._auto_finish = False
-            try:
-                await handoff.give(head, client.socket)
-            except HandoffError as exc:
-                log.error("%s", exc)
-                self.finish_audit(502, "the PACS did not take the connection")
-                return
-            finally:
-                client.close()  # this process's descriptor only: the PACS holds the connection
-            status, back = await handoff.outcome()
+            if local is not None:
+                # a descriptor of its own for the PACS's application, and ours closed before it answers:
+                # this stream, left open, would read the client's next request to see if it closed
+                try:
+                    own = socket.socket(fileno=os.dup(client.socket.fileno()))
+                finally:
+                    client.close()
+                status, back = await local.answer(head, own)
+            else:
+                assert handoff is not None
+                try:
+                    await handoff.give(head, client.socket)
+                except HandoffError as exc:
+                    log.error("%s", exc)
+                    self.finish_audit(502, "the PACS did not take the connection")
+                    return
+                finally:
+                    client.close()  # this process's descriptor only: the PACS holds the connection
+                status, back = await handoff.outcome()
             self.finish_audit(status or 502, "" if status else "the PACS did not complete its answer")
             if back is not None:
                 again = IOStream(back)
-                handoff.keep(again)
+                if handoff is not None:
+                    handoff.keep(again)
                 kept = True
                 self.settings[SERVER_KEY].handle_stream(again, address)
         finally:
-            if not kept:
+            if handoff is not None and not kept:
                 handoff.close()
 
     async def _stream(self, path: DICOMwebPath) -> None:

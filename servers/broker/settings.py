@@ -20,7 +20,9 @@ class BrokerSettings:
     - ``pacs_url``: the upstream PACS's DICOMweb base (``.../dicom-web``); ``pacs_socket``: a Unix-domain
       socket the PACS listens on (same host), used instead of the URL's host and port (plain HTTP);
       ``pacs_handoff``: the PACS's handoff socket (:mod:`servers.handoff`): retrieves the broker passes
-      through unchanged are answered by the PACS on the client's own connection.
+      through unchanged are answered by the PACS on the client's own connection; ``pacs_store``: our
+      PACS's data folder on the same host: those retrieves are answered in the broker's own process,
+      from that store (:mod:`servers.broker.local_pacs`).
     - ``ehr_fhir``: the EHR's FHIR base; Patient resources (for the PatientID) are read there, and its
       ``.well-known/smart-configuration`` is what the broker's own one points at.
     - ``introspection_url``: an RFC 7662 endpoint (the introspection service, or the EHR's own);
@@ -44,6 +46,7 @@ class BrokerSettings:
     introspection_url: str | None = None
     pacs_socket: str | None = None
     pacs_handoff: str | None = None
+    pacs_store: Path | None = None
     client_id: str = ""
     client_secret: str = ""
     patient_identifier: str = f"type:{MR_TYPE}"

@@ -1,0 +1,233 @@
+"""Retrieves answered in the broker's own process from our PACS's store (``broker --pacs-store``,
+:mod:`servers.broker.local_pacs`).
+
+Judged from outside: dicomweb-client gets the instances as stored; curl, many requests on one kept-alive
+connection, gets every answer whole (an earlier version lost the client's next request to a stream
+still open); a connection carries retrieves, searches and refusals in turn; the guard answers before
+the store is touched; searches and metadata still go to the PACS over HTTP; what the PACS stores after
+the broker started is served; a client gone mid-answer is audited as incomplete; the command refuses a
+folder that is not a PACS's, a URL that is not our PACS's, and both ways at once."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pydicom
+import pytest
+from dicomweb_client import DICOMwebClient
+from pydicom.uid import generate_uid
+from requests import HTTPError
+
+from servers.broker import command as broker_command
+from servers.broker.context import BrokerContext
+from servers.broker.local_pacs import LocalPACS
+from servers.demo_data.dicom import instance_bytes
+from servers.pacs.app import make_app as make_pacs
+from servers.pacs.seed import seed
+from servers.pacs.settings import PACSSettings
+from servers.runtime import ServerLoop, StartupError
+from tests.broker.conftest import Stack, assert_study_as_stored
+from tests.broker.test_broker_handoff import ACCEPT_DICOM, PREFIX, large_instance, read_answer
+from tests.broker.test_broker_load import run_load
+
+
+@dataclass
+class InProcess:
+    dicomweb: str  # the broker's DICOMweb base
+    pacs_dicomweb: str
+    ctx: BrokerContext
+    large_study: str  # 40 MB, of patient 0
+
+    @property
+    def local(self) -> LocalPACS:
+        assert self.ctx.local_pacs is not None
+        return self.ctx.local_pacs
+
+    def audit(self) -> list[dict[str, object]]:
+        path = self.ctx.settings.data_dir / "audit.jsonl"  # type: ignore[operator]
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+@pytest.fixture(scope="module")
+def here(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcess]:
+    tmp = tmp_path_factory.mktemp("in-process")
+    pacs = stack.loop.serve(lambda url: make_pacs(PACSSettings(data_dir=tmp / "pacs", fsync=False), url))
+    seed(pacs.app.settings["pacs"].store, stack.plan)
+    large = pacs.app.settings["pacs"].store.put(large_instance(stack))
+    url, ctx = stack.start_broker(pacs.url + "/dicom-web", pacs_store=tmp / "pacs", data_dir=tmp / "broker")
+    yield InProcess(url + "/dicom-web", pacs.url + "/dicom-web", ctx, large.study_uid)
+
+
+def test_retrieves_are_answered_in_the_brokers_process(stack: Stack, here: InProcess) -> None:
+    patient = stack.plan.patients[0]
+    plan = patient.studies[0]
+    series = plan.series[0]
+    dw = DICOMwebClient(here.dicomweb, headers=stack.headers(patient))
+    before = here.local.answered
+    datasets = dw.retrieve_study(plan.study_uid)
+    assert_study_as_stored(datasets, patient, plan)
+    by_uid = {ds.SOPInstanceUID: ds for ds in datasets}
+    assert len(dw.retrieve_series(plan.study_uid, series.series_uid)) == len(series.instance_uids)
+    one = dw.retrieve_instance(plan.study_uid, series.series_uid, series.instance_uids[0])
+    assert one.SOPInstanceUID == series.instance_uids[0]
+    frame = dw.retrieve_instance_frames(plan.study_uid, series.series_uid, series.instance_uids[0], [1])
+    assert len(frame) == 1 and len(frame[0]) == len(by_uid[series.instance_uids[0]].PixelData)
+    assert here.local.answered == before + 4
+    events = [e for e in here.audit() if plan.study_uid in json.dumps(e)]
+    assert events and all(e["outcome"] == "0" for e in events), [e.get("outcomeDesc") for e in events]
+
+
+def test_curl_gets_every_answer_on_one_kept_alive_connection(stack: Stack, here: InProcess) -> None:
+    """curl, 40 retrieves in one invocation: it sends each request as soon as the previous answer is in,
+    so the next request arrives while the answer's stream is being closed."""
+    patient = stack.plan.patients[0]
+    plan = patient.studies[0]
+    series = plan.series[0]
+    url = f"{here.dicomweb}/studies/{plan.study_uid}/series/{series.series_uid}/instances/" \
+          f"{series.instance_uids[0]}"
+    expected = len(httpx.get(url, headers={**stack.headers(patient), "Accept": ACCEPT_DICOM}).content)
+    before = here.local.answered
+    cmd = ["curl", "-sS", "--max-time", "60", "-H", f"Accept: {ACCEPT_DICOM}",
+           "-H", f"Authorization: Bearer {stack.token(patient)}",
+           "-w", "%{http_code} %{size_download} %{num_connects}\\n"]
+    for _ in range(40):
+        cmd += ["-o", "/dev/null", url]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=90).stdout.split("\n")
+    answers = [line.split() for line in out if line]
+    assert len(answers) == 40
+    assert all(code == "200" and int(size) == expected for code, size, _ in answers), answers
+    assert sum(int(connects) for _, _, connects in answers) == 1  # one connection for all of them
+    assert here.local.answered == before + 40
+
+
+def test_one_connection_carries_retrieves_searches_and_refusals(stack: Stack, here: InProcess) -> None:
+    patient, other = stack.plan.patients[0], stack.plan.patients[1]
+    plan = patient.studies[0]
+    token = stack.token(patient)
+    url = httpx.URL(here.dicomweb)
+    before = here.local.answered
+    with socket.create_connection((url.host, url.port), timeout=30) as sock:
+        pending = bytearray()
+
+        def ask(target: str, accept: str = ACCEPT_DICOM) -> tuple[bytes, bytes]:
+            sock.sendall(f"GET {url.path}{target} HTTP/1.1\r\nHost: {url.host}\r\nAccept: {accept}\r\n"
+                         f"Authorization: Bearer {token}\r\n\r\n".encode())
+            return read_answer(sock, pending)
+
+        first = ask(f"/studies/{plan.study_uid}")
+        for _ in range(2):
+            head, body = ask(f"/studies/{plan.study_uid}")
+            assert head.startswith(b"HTTP/1.1 200 ") and b"connection: close" not in head.lower()
+            assert len(body) == len(first[1])
+        head, body = ask("/studies", "application/dicom+json")  # the broker's own answer
+        assert head.startswith(b"HTTP/1.1 200 ") and plan.study_uid.encode() in body
+        head, _ = ask(f"/studies/{other.studies[0].study_uid}")  # the guard
+        assert head.startswith(b"HTTP/1.1 404 ")
+        head, _ = ask(f"/studies/{plan.study_uid}/series/{plan.series[0].series_uid}")
+        assert head.startswith(b"HTTP/1.1 200 ")
+    assert here.local.answered == before + 4
+
+
+def test_the_guard_answers_before_the_store_is_read(stack: Stack, here: InProcess) -> None:
+    patient, other = stack.plan.patients[0], stack.plan.patients[1]
+    before = here.local.answered
+    dw = DICOMwebClient(here.dicomweb, headers=stack.headers(patient))
+    with pytest.raises(HTTPError) as caught:
+        dw.retrieve_study(other.studies[0].study_uid)
+    assert caught.value.response.status_code == 404
+    study = patient.studies[0].study_uid
+    assert httpx.get(f"{here.dicomweb}/studies/{study}").status_code == 401
+    bad = httpx.get(f"{here.dicomweb}/studies/{study}", headers={"Authorization": "Bearer not-a-token"})
+    assert bad.status_code == 401
+    assert here.local.answered == before
+
+
+def test_searches_and_metadata_go_to_the_pacs(stack: Stack, here: InProcess) -> None:
+    patient = stack.plan.patients[0]
+    plan = patient.studies[0]
+    dw = DICOMwebClient(here.dicomweb, headers=stack.headers(patient))
+    before = here.local.answered
+    found = dw.search_for_studies()
+    assert {s["0020000D"]["Value"][0] for s in found} == {s.study_uid for s in patient.studies} | {
+        here.large_study}
+    metadata = dw.retrieve_series_metadata(plan.study_uid, plan.series[0].series_uid)
+    uris = [m[tag]["BulkDataURI"] for m in metadata for tag in m if "BulkDataURI" in m[tag]]
+    assert uris and all(u.startswith(here.dicomweb + "/studies/") for u in uris)
+    assert here.local.answered == before
+
+
+def test_what_the_pacs_stores_later_is_served(stack: Stack, here: InProcess) -> None:
+    """The PACS's process writes, the broker's reads the same store: a study sent to the PACS after the
+    broker started comes back through the broker byte for byte."""
+    patient = stack.plan.patients[0]
+    plan = patient.studies[0]
+    ds = pydicom.dcmread(io.BytesIO(instance_bytes(patient, plan, plan.series[0], 0)))
+    ds.StudyInstanceUID = generate_uid(PREFIX)
+    ds.SeriesInstanceUID = generate_uid(PREFIX)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(PREFIX)
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    DICOMwebClient(here.pacs_dicomweb).store_instances([pydicom.dcmread(io.BytesIO(out.getvalue()))])
+    before = here.local.answered
+    got = DICOMwebClient(here.dicomweb, headers=stack.headers(patient)).retrieve_study(ds.StudyInstanceUID)
+    assert [g.SOPInstanceUID for g in got] == [ds.SOPInstanceUID]
+    assert got[0].PixelData == ds.PixelData
+    assert here.local.answered == before + 1
+
+
+def test_a_client_gone_mid_answer_is_audited_as_incomplete(stack: Stack, here: InProcess) -> None:
+    patient = stack.plan.patients[0]
+    audited = len(here.audit())
+    with httpx.Client(timeout=30) as client, client.stream(
+            "GET", f"{here.dicomweb}/studies/{here.large_study}",
+            headers={**stack.headers(patient), "Accept": ACCEPT_DICOM}) as r:
+        assert r.status_code == 200 and int(r.headers["content-length"]) > 40_000_000
+        next(r.iter_raw(1024))
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and len(here.audit()) == audited:
+        time.sleep(0.05)
+    event = here.audit()[-1]
+    assert here.large_study in json.dumps(event)
+    assert event["outcome"] == "8" and "did not complete" in json.dumps(event)
+    dw = DICOMwebClient(here.dicomweb, headers=stack.headers(patient))
+    assert len(dw.retrieve_study(here.large_study)[0].PixelData) == 4096 * 5120 * 2
+
+
+def test_no_byte_of_another_patients_data_leaks(stack: Stack, here: InProcess) -> None:
+    """The broker's concurrent multi-patient load (tests/broker/test_broker_load.py), its retrieves
+    answered in the broker's process on kept-alive connections."""
+    before = here.local.answered
+    run_load(stack, here.dicomweb.removesuffix("/dicom-web"))
+    assert here.local.answered - before >= sum(len(p.studies) for p in stack.plan.patients) * 4 * 3
+
+
+def _run_command(stack: Stack, tmp_path: Path, *extra: str) -> None:
+    parser = argparse.ArgumentParser()
+    broker_command.add_arguments(parser)
+    args = parser.parse_args(["--introspection", stack.introspection_url, "--ehr", stack.ehr_fhir,
+                              "--client-secret", "x" * 32, "--data-dir", str(tmp_path / "b"), *extra])
+    loop = ServerLoop().start()
+    try:
+        broker_command.run(args, loop)
+    finally:
+        loop.stop()
+
+
+def test_the_command_refuses_what_is_not_our_pacs(stack: Stack, here: InProcess, tmp_path: Path) -> None:
+    store = str(here.local.app.settings["pacs"].store.data_dir)
+    with pytest.raises(StartupError, match="not a PACS data folder"):
+        _run_command(stack, tmp_path, "--pacs", here.pacs_dicomweb, "--pacs-store", str(tmp_path))
+    with pytest.raises(StartupError, match="our PACS's DICOMweb base"):
+        _run_command(stack, tmp_path, "--pacs", "http://127.0.0.1:8042/wado", "--pacs-store", store)
+    with pytest.raises(StartupError, match="give one"):
+        _run_command(stack, tmp_path, "--pacs", here.pacs_dicomweb, "--pacs-store", store,
+                     "--pacs-handoff", str(tmp_path / "h.sock"))

@@ -115,8 +115,8 @@ def broker(pacs: str, broker_base: str, token: str, study_uids: list[str], round
            target: bool) -> list[Figure]:
     """The same studies through the broker (a valid token, re-authorized on every request) vs straight
     from our PACS, with curl and with the httpx client (as the issue's whole-study row): two figures.
-    ``link`` says how the broker reaches the PACS; ``target``: whether the issue's target applies (it
-    does to the co-located deployment, connections handed to the PACS; relays are reported)."""
+    ``link`` says how the broker reaches the PACS; ``target``: whether the issue's target applies (see
+    benchmarks.run: to the broker answering from the PACS's store; the others are reported)."""
     client = httpx.Client(timeout=300)
     auth = {"Authorization": f"Bearer {token}"}
     getters: dict[str, Callable[[dict[str, str]], Getter]] = {

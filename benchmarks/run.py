@@ -144,9 +144,10 @@ def main() -> None:
                 print("broker")
                 # the token's patient's studies, repeated to the whole-study rows' sample size
                 uids = [patient.studies[i % len(patient.studies)].study_uid for i in range(per_sample)]
-                # the target applies to the co-located deployments (retrieves answered by the PACS's
-                # own process on the client's connection, or by its application in the broker's); the
-                # relays over a Unix socket and over TCP are reported beside them
+                # the target applies to the broker answering retrieves in its own process from the PACS's
+                # store (one server process per request, as from the PACS direct); the handoff (two
+                # processes per request, ahead with many concurrent clients) and the relays over a Unix
+                # socket and over TCP are reported beside it (docs/benchmarks.md)
                 links = (("in-process", pacs_socket(work), None, work / "pacs"),
                          ("handoff", pacs_socket(work), pacs_handoff(work), None),
                          ("Unix socket", pacs_socket(work), None, None), ("TCP", None, None, None))
@@ -154,7 +155,7 @@ def main() -> None:
                     broker_dicomweb = stack.start_broker(pacs_url, socket_path, handoff, store)
                     procs.append(stack.brokers[-1])
                     figures += bench_retrieve.broker(pacs_url, broker_dicomweb, token, uids, broker_rounds,
-                                                     link, target=bool(handoff or store))
+                                                     link, target=store is not None)
             if "fhir" in groups:
                 print(f"FHIR ({args.observations} Observations)")
                 with stopwatch() as t_obs:

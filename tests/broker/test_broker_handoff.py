@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import array
-import io
 import json
 import os
 import socket
@@ -24,26 +23,30 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import pydicom
 import pytest
 from dicomweb_client import DICOMwebClient
-from pydicom.uid import generate_uid
-from requests import HTTPError
 
 from servers.broker.context import BrokerContext
-from servers.demo_data.dicom import instance_bytes
 from servers.handoff import HandoffListener, bind_handoff
 from servers.pacs import command as pacs_command
 from servers.pacs.app import make_app as make_pacs
 from servers.pacs.seed import seed
 from servers.pacs.settings import PACSSettings
 from servers.runtime import ServerLoop, StartupError
-from tests.broker.conftest import Stack, assert_study_as_stored
+from tests.broker.answered_on_connection import (
+    ACCEPT_DICOM,
+    Answering,
+    check_a_client_gone_mid_answer_is_audited,
+    check_one_connection_for_everything,
+    check_retrieves_as_stored,
+    check_searches_and_metadata_stay_with_the_broker,
+    check_the_guard_answers_first,
+    large_instance,
+    read_answer,
+)
+from tests.broker.conftest import Stack
 from tests.broker.test_broker_load import run_load
 from tests.support.handoff import hand_over
-
-ACCEPT_DICOM = 'multipart/related; type="application/dicom"; transfer-syntax=*'
-PREFIX = "1.2.826.0.1.3680043.8.498."
 
 
 @dataclass
@@ -57,21 +60,9 @@ class Handed:
         path = self.ctx.settings.data_dir / "audit.jsonl"  # type: ignore[operator]
         return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
-
-def large_instance(stack: Stack) -> bytes:
-    """One 40 MB instance of patient 0, in a study of its own."""
-    patient = stack.plan.patients[0]
-    plan = patient.studies[0]
-    ds = pydicom.dcmread(io.BytesIO(instance_bytes(patient, plan, plan.series[0], 0)))
-    ds.StudyInstanceUID = generate_uid(PREFIX, entropy_srcs=["handoff-large-study"])
-    ds.SeriesInstanceUID = generate_uid(PREFIX, entropy_srcs=["handoff-large-series"])
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(
-        PREFIX, entropy_srcs=["handoff-large-instance"])
-    ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 4096, 5120, 16, 16, 15
-    ds.PixelData = bytes(4096 * 5120 * 2)
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    return out.getvalue()
+    @property
+    def answering(self) -> Answering:
+        return Answering(self.dicomweb, self.large_study, lambda: self.listener.handed, self.audit)
 
 
 @pytest.fixture(scope="module")
@@ -89,40 +80,7 @@ def handed(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[H
 
 
 def test_retrieves_are_answered_by_the_pacs_on_the_clients_connection(stack: Stack, handed: Handed) -> None:
-    patient = stack.plan.patients[0]
-    plan = patient.studies[0]
-    series = plan.series[0]
-    dw = DICOMwebClient(handed.dicomweb, headers=stack.headers(patient))
-    before = handed.listener.handed
-    datasets = dw.retrieve_study(plan.study_uid)
-    assert_study_as_stored(datasets, patient, plan)
-    by_uid = {ds.SOPInstanceUID: ds for ds in datasets}
-    assert len(dw.retrieve_series(plan.study_uid, series.series_uid)) == len(series.instance_uids)
-    one = dw.retrieve_instance(plan.study_uid, series.series_uid, series.instance_uids[0])
-    assert one.SOPInstanceUID == series.instance_uids[0]
-    frame = dw.retrieve_instance_frames(plan.study_uid, series.series_uid, series.instance_uids[0], [1])
-    assert len(frame) == 1 and len(frame[0]) == len(by_uid[series.instance_uids[0]].PixelData)
-    assert handed.listener.handed == before + 4
-    events = [e for e in handed.audit() if plan.study_uid in json.dumps(e)]
-    assert events and all(e["outcome"] == "0" for e in events), [e.get("outcomeDesc") for e in events]
-
-
-def read_answer(sock: socket.socket, pending: bytearray) -> tuple[bytes, bytes]:
-    """One HTTP/1.1 answer (head, body by Content-Length) from ``sock``; bytes beyond it stay pending."""
-    while b"\r\n\r\n" not in pending:
-        chunk = sock.recv(1 << 20)
-        assert chunk, "the connection closed before an answer"
-        pending += chunk
-    head, _, rest = bytes(pending).partition(b"\r\n\r\n")
-    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                  if line.lower().startswith(b"content-length:"))
-    body = bytearray(rest)
-    while len(body) < length:
-        chunk = sock.recv(1 << 20)
-        assert chunk, "the connection closed mid-answer"
-        body += chunk
-    pending[:] = body[length:]
-    return head, bytes(body[:length])
+    check_retrieves_as_stored(stack, handed.answering)
 
 
 def test_no_byte_of_another_patients_data_leaks_through_handoffs(stack: Stack, handed: Handed) -> None:
@@ -137,33 +95,10 @@ def test_the_connection_comes_back_for_the_next_request(stack: Stack, handed: Ha
     """One client connection, several requests: each retrieve is handed to the PACS and the connection
     comes back to the broker, which authorizes the next one (a search, another patient's study); the
     retrieves of one client connection go to the PACS over one control connection (one worker)."""
-    patient, other = stack.plan.patients[0], stack.plan.patients[1]
-    plan = patient.studies[0]
-    token = stack.token(patient)
-    host, port = httpx.URL(handed.dicomweb).host, httpx.URL(handed.dicomweb).port
-    path = httpx.URL(handed.dicomweb).path
-    direct = DICOMwebClient(handed.dicomweb, headers=stack.headers(patient)).retrieve_study(plan.study_uid)
-    before, sessions = handed.listener.handed, handed.listener.sessions
-    with socket.create_connection((host, port), timeout=30) as sock:
-        pending = bytearray()
-
-        def ask(target: str, accept: str = ACCEPT_DICOM) -> tuple[bytes, bytes]:
-            sock.sendall(f"GET {path}{target} HTTP/1.1\r\nHost: {host}\r\nAccept: {accept}\r\n"
-                         f"Authorization: Bearer {token}\r\n\r\n".encode())
-            return read_answer(sock, pending)
-
-        for _ in range(3):
-            head, body = ask(f"/studies/{plan.study_uid}")
-            assert head.startswith(b"HTTP/1.1 200 ") and b"connection: close" not in head.lower()
-            assert len(body) > sum(len(ds.PixelData) for ds in direct)
-        head, body = ask("/studies", "application/dicom+json")  # the broker's own answer, same connection
-        assert head.startswith(b"HTTP/1.1 200 ") and plan.study_uid.encode() in body
-        head, _ = ask(f"/studies/{other.studies[0].study_uid}")  # the guard, same connection
-        assert head.startswith(b"HTTP/1.1 404 ")
-        head, _ = ask(f"/studies/{plan.study_uid}/series/{plan.series[0].series_uid}")
-        assert head.startswith(b"HTTP/1.1 200 ")
-    assert handed.listener.handed == before + 4
-    assert handed.listener.sessions == sessions + 1  # one control connection: the same PACS worker
+    sessions = handed.listener.sessions
+    check_one_connection_for_everything(stack, handed.answering)
+    # one for dicomweb-client's retrieve that sizes the answers, one for the connection's four retrieves
+    assert handed.listener.sessions == sessions + 2
 
 
 def test_a_session_whose_pacs_worker_is_gone_is_replaced(stack: Stack, handed: Handed) -> None:
@@ -205,50 +140,15 @@ def test_a_client_asking_to_close_gets_its_connection_closed(stack: Stack, hande
 
 
 def test_searches_and_metadata_stay_with_the_broker(stack: Stack, handed: Handed) -> None:
-    patient = stack.plan.patients[0]
-    plan = patient.studies[0]
-    dw = DICOMwebClient(handed.dicomweb, headers=stack.headers(patient))
-    before = handed.listener.handed
-    found = dw.search_for_studies()
-    expected = {s.study_uid for s in patient.studies} | {handed.large_study}
-    assert {s["0020000D"]["Value"][0] for s in found} == expected
-    metadata = dw.retrieve_series_metadata(plan.study_uid, plan.series[0].series_uid)
-    uris = [m[tag]["BulkDataURI"] for m in metadata for tag in m if "BulkDataURI" in m[tag]]
-    assert uris and all(u.startswith(handed.dicomweb + "/studies/") for u in uris)
-    assert handed.listener.handed == before
+    check_searches_and_metadata_stay_with_the_broker(stack, handed.answering)
 
 
 def test_the_guard_answers_before_anything_is_handed(stack: Stack, handed: Handed) -> None:
-    patient, other = stack.plan.patients[0], stack.plan.patients[1]
-    before = handed.listener.handed
-    dw = DICOMwebClient(handed.dicomweb, headers=stack.headers(patient))
-    with pytest.raises(HTTPError) as caught:
-        dw.retrieve_study(other.studies[0].study_uid)
-    assert caught.value.response.status_code == 404
-    study = patient.studies[0].study_uid
-    assert httpx.get(f"{handed.dicomweb}/studies/{study}").status_code == 401
-    bad = httpx.get(f"{handed.dicomweb}/studies/{study}", headers={"Authorization": "Bearer not-a-token"})
-    assert bad.status_code == 401
-    assert handed.listener.handed == before
+    check_the_guard_answers_first(stack, handed.answering)
 
 
 def test_a_client_gone_mid_answer_is_audited_as_incomplete(stack: Stack, handed: Handed) -> None:
-    patient = stack.plan.patients[0]
-    audited = len(handed.audit())
-    with httpx.Client(timeout=30) as client, client.stream(
-            "GET", f"{handed.dicomweb}/studies/{handed.large_study}",
-            headers={**stack.headers(patient), "Accept": ACCEPT_DICOM}) as r:
-        assert r.status_code == 200 and int(r.headers["content-length"]) > 40_000_000
-        next(r.iter_raw(1024))
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and len(handed.audit()) == audited:
-        time.sleep(0.05)
-    event = handed.audit()[-1]
-    assert handed.large_study in json.dumps(event)
-    assert event["outcome"] == "8" and "did not complete" in json.dumps(event)
-    # and the PACS serves the next one
-    dw = DICOMwebClient(handed.dicomweb, headers=stack.headers(patient))
-    assert len(dw.retrieve_study(handed.large_study)[0].PixelData) == 4096 * 5120 * 2
+    check_a_client_gone_mid_answer_is_audited(stack, handed.answering)
 
 
 def test_a_missing_handoff_socket_is_a_502(stack: Stack, tmp_path: Path) -> None:

@@ -13,9 +13,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +23,6 @@ import pydicom
 import pytest
 from dicomweb_client import DICOMwebClient
 from pydicom.uid import generate_uid
-from requests import HTTPError
 
 from servers.broker import command as broker_command
 from servers.broker.context import BrokerContext
@@ -35,8 +32,18 @@ from servers.pacs.app import make_app as make_pacs
 from servers.pacs.seed import seed
 from servers.pacs.settings import PACSSettings
 from servers.runtime import ServerLoop, StartupError
-from tests.broker.conftest import Stack, assert_study_as_stored
-from tests.broker.test_broker_handoff import ACCEPT_DICOM, PREFIX, large_instance, read_answer
+from tests.broker.answered_on_connection import (
+    ACCEPT_DICOM,
+    PREFIX,
+    Answering,
+    check_a_client_gone_mid_answer_is_audited,
+    check_one_connection_for_everything,
+    check_retrieves_as_stored,
+    check_searches_and_metadata_stay_with_the_broker,
+    check_the_guard_answers_first,
+    large_instance,
+)
+from tests.broker.conftest import Stack
 from tests.broker.test_broker_load import run_load
 
 
@@ -56,6 +63,10 @@ class InProcess:
         path = self.ctx.settings.data_dir / "audit.jsonl"  # type: ignore[operator]
         return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
+    @property
+    def answering(self) -> Answering:
+        return Answering(self.dicomweb, self.large_study, lambda: self.local.answered, self.audit)
+
 
 @pytest.fixture(scope="module")
 def here(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcess]:
@@ -68,22 +79,7 @@ def here(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[InP
 
 
 def test_retrieves_are_answered_in_the_brokers_process(stack: Stack, here: InProcess) -> None:
-    patient = stack.plan.patients[0]
-    plan = patient.studies[0]
-    series = plan.series[0]
-    dw = DICOMwebClient(here.dicomweb, headers=stack.headers(patient))
-    before = here.local.answered
-    datasets = dw.retrieve_study(plan.study_uid)
-    assert_study_as_stored(datasets, patient, plan)
-    by_uid = {ds.SOPInstanceUID: ds for ds in datasets}
-    assert len(dw.retrieve_series(plan.study_uid, series.series_uid)) == len(series.instance_uids)
-    one = dw.retrieve_instance(plan.study_uid, series.series_uid, series.instance_uids[0])
-    assert one.SOPInstanceUID == series.instance_uids[0]
-    frame = dw.retrieve_instance_frames(plan.study_uid, series.series_uid, series.instance_uids[0], [1])
-    assert len(frame) == 1 and len(frame[0]) == len(by_uid[series.instance_uids[0]].PixelData)
-    assert here.local.answered == before + 4
-    events = [e for e in here.audit() if plan.study_uid in json.dumps(e)]
-    assert events and all(e["outcome"] == "0" for e in events), [e.get("outcomeDesc") for e in events]
+    check_retrieves_as_stored(stack, here.answering)
 
 
 def test_curl_gets_every_answer_on_one_kept_alive_connection(stack: Stack, here: InProcess) -> None:
@@ -110,59 +106,15 @@ def test_curl_gets_every_answer_on_one_kept_alive_connection(stack: Stack, here:
 
 
 def test_one_connection_carries_retrieves_searches_and_refusals(stack: Stack, here: InProcess) -> None:
-    patient, other = stack.plan.patients[0], stack.plan.patients[1]
-    plan = patient.studies[0]
-    token = stack.token(patient)
-    url = httpx.URL(here.dicomweb)
-    before = here.local.answered
-    with socket.create_connection((url.host, url.port), timeout=30) as sock:
-        pending = bytearray()
-
-        def ask(target: str, accept: str = ACCEPT_DICOM) -> tuple[bytes, bytes]:
-            sock.sendall(f"GET {url.path}{target} HTTP/1.1\r\nHost: {url.host}\r\nAccept: {accept}\r\n"
-                         f"Authorization: Bearer {token}\r\n\r\n".encode())
-            return read_answer(sock, pending)
-
-        first = ask(f"/studies/{plan.study_uid}")
-        for _ in range(2):
-            head, body = ask(f"/studies/{plan.study_uid}")
-            assert head.startswith(b"HTTP/1.1 200 ") and b"connection: close" not in head.lower()
-            assert len(body) == len(first[1])
-        head, body = ask("/studies", "application/dicom+json")  # the broker's own answer
-        assert head.startswith(b"HTTP/1.1 200 ") and plan.study_uid.encode() in body
-        head, _ = ask(f"/studies/{other.studies[0].study_uid}")  # the guard
-        assert head.startswith(b"HTTP/1.1 404 ")
-        head, _ = ask(f"/studies/{plan.study_uid}/series/{plan.series[0].series_uid}")
-        assert head.startswith(b"HTTP/1.1 200 ")
-    assert here.local.answered == before + 4
+    check_one_connection_for_everything(stack, here.answering)
 
 
 def test_the_guard_answers_before_the_store_is_read(stack: Stack, here: InProcess) -> None:
-    patient, other = stack.plan.patients[0], stack.plan.patients[1]
-    before = here.local.answered
-    dw = DICOMwebClient(here.dicomweb, headers=stack.headers(patient))
-    with pytest.raises(HTTPError) as caught:
-        dw.retrieve_study(other.studies[0].study_uid)
-    assert caught.value.response.status_code == 404
-    study = patient.studies[0].study_uid
-    assert httpx.get(f"{here.dicomweb}/studies/{study}").status_code == 401
-    bad = httpx.get(f"{here.dicomweb}/studies/{study}", headers={"Authorization": "Bearer not-a-token"})
-    assert bad.status_code == 401
-    assert here.local.answered == before
+    check_the_guard_answers_first(stack, here.answering)
 
 
 def test_searches_and_metadata_go_to_the_pacs(stack: Stack, here: InProcess) -> None:
-    patient = stack.plan.patients[0]
-    plan = patient.studies[0]
-    dw = DICOMwebClient(here.dicomweb, headers=stack.headers(patient))
-    before = here.local.answered
-    found = dw.search_for_studies()
-    assert {s["0020000D"]["Value"][0] for s in found} == {s.study_uid for s in patient.studies} | {
-        here.large_study}
-    metadata = dw.retrieve_series_metadata(plan.study_uid, plan.series[0].series_uid)
-    uris = [m[tag]["BulkDataURI"] for m in metadata for tag in m if "BulkDataURI" in m[tag]]
-    assert uris and all(u.startswith(here.dicomweb + "/studies/") for u in uris)
-    assert here.local.answered == before
+    check_searches_and_metadata_stay_with_the_broker(stack, here.answering)
 
 
 def test_what_the_pacs_stores_later_is_served(stack: Stack, here: InProcess) -> None:
@@ -185,21 +137,7 @@ def test_what_the_pacs_stores_later_is_served(stack: Stack, here: InProcess) -> 
 
 
 def test_a_client_gone_mid_answer_is_audited_as_incomplete(stack: Stack, here: InProcess) -> None:
-    patient = stack.plan.patients[0]
-    audited = len(here.audit())
-    with httpx.Client(timeout=30) as client, client.stream(
-            "GET", f"{here.dicomweb}/studies/{here.large_study}",
-            headers={**stack.headers(patient), "Accept": ACCEPT_DICOM}) as r:
-        assert r.status_code == 200 and int(r.headers["content-length"]) > 40_000_000
-        next(r.iter_raw(1024))
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and len(here.audit()) == audited:
-        time.sleep(0.05)
-    event = here.audit()[-1]
-    assert here.large_study in json.dumps(event)
-    assert event["outcome"] == "8" and "did not complete" in json.dumps(event)
-    dw = DICOMwebClient(here.dicomweb, headers=stack.headers(patient))
-    assert len(dw.retrieve_study(here.large_study)[0].PixelData) == 4096 * 5120 * 2
+    check_a_client_gone_mid_answer_is_audited(stack, here.answering)
 
 
 def test_no_byte_of_another_patients_data_leaks(stack: Stack, here: InProcess) -> None:

@@ -131,18 +131,20 @@ class BrokerStack:
         return str(launch(self.ehr, user.username, user.password, patient_id)["access_token"])
 
     def start_broker(self, pacs_dicomweb: str, pacs_unix_socket: Path | None = None,
-                     pacs_handoff: Path | None = None, pacs_store: Path | None = None) -> str:
+                     pacs_handoff: Path | None = None, pacs_store: Path | None = None,
+                     processes: int = 1) -> str:
         """One more ``s4s-servers broker`` in front of ``pacs_dicomweb``, reaching it over
         ``pacs_unix_socket`` when given, else over TCP, and handing retrieves' connections to it over
         ``pacs_handoff`` when given, or answering them itself from ``pacs_store`` (the PACS's data
-        folder) when given; returns its DICOMweb base."""
+        folder) when given, with ``processes`` worker processes; returns its DICOMweb base."""
         name = f"broker-{len(self.brokers)}"
         proc, urls = start_role(["broker", "--pacs", pacs_dicomweb, "--introspection", self.introspection,
                                  "--ehr", self.ehr + "/fhir", "--client-secret-file", str(self.secret_file),
                                  "--data-dir", str(self.work / name),
                                  *(["--pacs-socket", str(pacs_unix_socket)] if pacs_unix_socket else []),
                                  *(["--pacs-handoff", str(pacs_handoff)] if pacs_handoff else []),
-                                 *(["--pacs-store", str(pacs_store)] if pacs_store else [])],
+                                 *(["--pacs-store", str(pacs_store)] if pacs_store else []),
+                                 "--processes", str(processes)],
                                 self.work, name)
         self.brokers.append(proc)
         return str(urls["broker_dicomweb"])

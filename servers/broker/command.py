@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from servers.broker.app import make_app
+from servers.broker.local_pacs import LocalPACS
 from servers.broker.settings import BrokerSettings
 from servers.client_secret import add_client_secret_arguments, client_secret
 from servers.ehr.oauth.clients import BROKER_CLIENT_ID, demo_client
+from servers.prefork import serve_forked
 from servers.runtime import Reservation, ServerLoop, StartupError, reserve
 
 if TYPE_CHECKING:
@@ -54,6 +58,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    metavar="SECONDS",
                    help="reuse a positive introspection answer this long, never past the token's exp "
                         "(default %(default)s; 0 asks on every request)")
+    p.add_argument("--processes", type=_positive, default=1,
+                   help="worker processes sharing the port (default 1; with --pacs-store, one per core lets "
+                        "concurrent retrieves use every core, as the PACS's own workers do)")
     p.add_argument("--data-dir", default="broker-data", help="folder of the audit trail (audit.jsonl)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=0, help="port (default: a free one)")
@@ -71,7 +78,31 @@ def serve(loop: ServerLoop, settings: BrokerSettings, reservation: Reservation) 
     return describe(served.url)
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def run(args: argparse.Namespace, loop: ServerLoop) -> dict[str, Any]:
+    return serve(loop, _settings(args), reserve(args.host, args.port))
+
+
+def run_forked(args: argparse.Namespace, announce: Callable[[dict[str, Any]], None]) -> int:
+    """Serve from ``args.processes`` worker processes on one port (:mod:`servers.prefork`), each a whole
+    broker with its own caches (introspection, ownership) and its own connections; the audit trail is
+    one file, each AuditEvent appended with one ``write`` (``O_APPEND``)."""
+    settings = _settings(args)
+    reservation = replace(reserve(args.host, args.port), shared=True)
+
+    def worker(loop: ServerLoop) -> None:
+        serve(loop, settings, reservation)
+
+    return serve_forked(args.processes, reservation, worker, lambda pids: announce(describe(reservation.url)))
+
+
+def _settings(args: argparse.Namespace) -> BrokerSettings:
     secret = client_secret(args, SECRET_ENV)
     pacs_auth = (Path(args.pacs_authorization_file).read_text().strip()
                  if args.pacs_authorization_file else None)
@@ -90,7 +121,9 @@ def run(args: argparse.Namespace, loop: ServerLoop) -> dict[str, Any]:
         pacs_socket=str(Path(args.pacs_socket).resolve()) if args.pacs_socket else None,
         pacs_handoff=str(Path(args.pacs_handoff).resolve()) if args.pacs_handoff else None,
         pacs_store=Path(args.pacs_store).resolve() if args.pacs_store else None)
-    return serve(loop, settings, reserve(args.host, args.port))
+    if settings.pacs_store is not None:
+        LocalPACS.check(settings.pacs_store, settings.pacs_url)  # before any worker starts
+    return settings
 
 
 def start_in_demo(ctx: DemoContext, loop: ServerLoop) -> dict[str, Any]:

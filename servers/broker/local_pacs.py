@@ -38,16 +38,22 @@ class LocalPACS:
     is not a PACS's or a URL that is not our PACS's shape."""
 
     def __init__(self, data_dir: Path, pacs_url: str) -> None:
+        root = self.check(data_dir, pacs_url)
+        self.app = make_app(PACSSettings(Path(data_dir), workers=WORKERS, shared_store=True), root)
+        self.server = Server(self.app, xheaders=False)
+        self.answered = 0  #: requests answered here, so far
+
+    @staticmethod
+    def check(data_dir: Path, pacs_url: str) -> str:
+        """The PACS's root URL, if ``data_dir`` is a PACS's data folder and ``pacs_url`` our PACS's
+        DICOMweb base; else :class:`StartupError`."""
         if not (Path(data_dir) / "index.sqlite3").is_file():
             raise StartupError(f"--pacs-store: {data_dir} is not a PACS data folder (no index.sqlite3)")
         parts = urlsplit(pacs_url)
         if parts.scheme not in ("http", "https") or parts.path.rstrip("/") != BASE_PATH:
             raise StartupError(f"--pacs-store needs --pacs to be our PACS's DICOMweb base "
                                f"(http://host:port{BASE_PATH}), not {pacs_url}")
-        root = f"{parts.scheme}://{parts.netloc}"
-        self.app = make_app(PACSSettings(Path(data_dir), workers=WORKERS, shared_store=True), root)
-        self.server = Server(self.app, xheaders=False)
-        self.answered = 0  #: requests answered here, so far
+        return f"{parts.scheme}://{parts.netloc}"
 
     async def answer(self, head: bytes, client: socket.socket) -> tuple[int, socket.socket | None]:
         """Answer the request ``head`` on the client's connection ``client`` (now this object's: no other

@@ -6,14 +6,18 @@ connection, gets every answer whole (an earlier version lost the client's next r
 still open); a connection carries retrieves, searches and refusals in turn; the guard answers before
 the store is touched; searches and metadata still go to the PACS over HTTP; what the PACS stores after
 the broker started is served; a client gone mid-answer is audited as incomplete; the command refuses a
-folder that is not a PACS's, a URL that is not our PACS's, and both ways at once."""
+folder that is not a PACS's, a URL that is not our PACS's, and both ways at once; with ``--processes
+2`` two worker processes answer the multi-patient load."""
 
 from __future__ import annotations
 
 import argparse
 import io
 import json
+import os
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +32,7 @@ from servers.broker import command as broker_command
 from servers.broker.context import BrokerContext
 from servers.broker.local_pacs import LocalPACS
 from servers.demo_data.dicom import instance_bytes
+from servers.ehr.oauth.clients import BROKER_CLIENT_ID
 from servers.pacs.app import make_app as make_pacs
 from servers.pacs.seed import seed
 from servers.pacs.settings import PACSSettings
@@ -43,8 +48,14 @@ from tests.broker.answered_on_connection import (
     check_the_guard_answers_first,
     large_instance,
 )
-from tests.broker.conftest import Stack
+from tests.broker.conftest import SECRETS, Stack
 from tests.broker.test_broker_load import run_load
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def children(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
 @dataclass
@@ -169,3 +180,35 @@ def test_the_command_refuses_what_is_not_our_pacs(stack: Stack, here: InProcess,
     with pytest.raises(StartupError, match="give one"):
         _run_command(stack, tmp_path, "--pacs", here.pacs_dicomweb, "--pacs-store", store,
                      "--pacs-handoff", str(tmp_path / "h.sock"))
+
+
+def test_worker_processes_answer_from_the_store(stack: Stack, here: InProcess, tmp_path: Path) -> None:
+    """``s4s-servers broker --processes 2 --pacs-store``: two worker processes on one port, each a whole
+    broker; the multi-patient load through them gets every answer right and leaks nothing."""
+    secret = tmp_path / "secret"
+    secret.write_text(SECRETS[BROKER_CLIENT_ID])
+    secret.chmod(0o600)
+    store = str(here.local.app.settings["pacs"].store.data_dir)
+    urls_file = tmp_path / "urls.json"
+    with (tmp_path / "broker.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "servers.cli", "--log-level", "WARNING", "broker", "--pacs",
+             here.pacs_dicomweb, "--pacs-store", store, "--processes", "2", "--introspection",
+             stack.introspection_url, "--ehr", stack.ehr_fhir, "--client-secret-file", str(secret),
+             "--data-dir", str(tmp_path / "b"), "--urls-file", str(urls_file)],
+            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        deadline = time.monotonic() + 60
+        while not urls_file.exists():
+            assert proc.poll() is None, (tmp_path / "broker.log").read_text()
+            assert time.monotonic() < deadline, "the broker did not write its URLs file"
+            time.sleep(0.05)
+        workers = children(proc.pid)
+        assert len(workers) == 2
+        run_load(stack, json.loads(urls_file.read_text())["broker_dicomweb"].removesuffix("/dicom-web"))
+        events = [json.loads(line) for line in (tmp_path / "b" / "audit.jsonl").read_text().splitlines()]
+        assert sum(e["action"] == "R" and e["outcome"] == "0" for e in events) >= \
+            sum(len(p.studies) for p in stack.plan.patients) * 4 * 3
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0, (tmp_path / "broker.log").read_text()

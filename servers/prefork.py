@@ -14,6 +14,7 @@ Fork happens before any thread is started in the supervisor (the caller must not
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import ctypes
 import logging
@@ -27,6 +28,20 @@ from typing import Literal
 from servers.runtime import STOP_SIGNALS, Reservation, ServerLoop, StopSignals
 
 log = logging.getLogger("s4s.servers.prefork")
+
+
+def add_processes_argument(p: argparse.ArgumentParser, advice: str) -> None:
+    """A role's ``--processes N`` option (at least 1, default 1), the count :func:`serve_forked` forks;
+    ``advice`` ends its help."""
+    p.add_argument("--processes", type=_at_least_one, default=1,
+                   help=f"worker processes sharing the port (default 1; {advice})")
+
+
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
 
 _PR_SET_PDEATHSIG = 1
 

@@ -15,7 +15,7 @@ from servers.broker.local_pacs import LocalPACS
 from servers.broker.settings import BrokerSettings
 from servers.client_secret import add_client_secret_arguments, client_secret
 from servers.ehr.oauth.clients import BROKER_CLIENT_ID, demo_client
-from servers.prefork import serve_forked
+from servers.prefork import add_processes_argument, serve_forked
 from servers.runtime import Reservation, ServerLoop, StartupError, reserve
 
 if TYPE_CHECKING:
@@ -58,9 +58,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    metavar="SECONDS",
                    help="reuse a positive introspection answer this long, never past the token's exp "
                         "(default %(default)s; 0 asks on every request)")
-    p.add_argument("--processes", type=_positive, default=1,
-                   help="worker processes sharing the port (default 1; with --pacs-store, one per core lets "
-                        "concurrent retrieves use every core, as the PACS's own workers do)")
+    add_processes_argument(p, "with --pacs-store, one per core lets concurrent retrieves use every core, "
+                              "as the PACS's own workers do")
     p.add_argument("--data-dir", default="broker-data", help="folder of the audit trail (audit.jsonl)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=0, help="port (default: a free one)")
@@ -76,13 +75,6 @@ def serve(loop: ServerLoop, settings: BrokerSettings, reservation: Reservation) 
     log.info("FHIR broker at %s/fhir, DICOMweb at %s/dicom-web, in front of %s", served.url, served.url,
              settings.pacs_url)
     return describe(served.url)
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
 
 
 def run(args: argparse.Namespace, loop: ServerLoop) -> dict[str, Any]:

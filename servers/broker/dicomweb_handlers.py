@@ -19,9 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import re
-import socket
 from dataclasses import dataclass
 from typing import cast
 from urllib.parse import unquote
@@ -185,13 +183,7 @@ class DICOMwebProxyHandler(GuardedMixin, DICOMwebHandler):
             self.detach()  # from here on the answer is the PACS's (on ``client``, the stream detached)
             self._auto_finish = False
             if local is not None:
-                # a descriptor of its own for the PACS's application, and ours closed before it answers:
-                # this stream, left open, would read the client's next request to see if it closed
-                try:
-                    own = socket.socket(fileno=os.dup(client.socket.fileno()))
-                finally:
-                    client.close()
-                status, back = await local.answer(head, own)
+                status, back = await local.answer(head, client)
             else:
                 assert handoff is not None
                 try:

@@ -16,10 +16,13 @@ patient owns (:meth:`LocalPACS.answer`), so nothing here writes to the store.
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from tornado.iostream import IOStream
 
 from servers.handoff import serve_handed
 from servers.pacs.app import make_app
@@ -55,13 +58,21 @@ class LocalPACS:
                                f"(http://host:port{BASE_PATH}), not {pacs_url}")
         return f"{parts.scheme}://{parts.netloc}"
 
-    async def answer(self, head: bytes, client: socket.socket) -> tuple[int, socket.socket | None]:
-        """Answer the request ``head`` on the client's connection ``client`` (now this object's: no other
-        stream may read it meanwhile); the status answered (0: not complete) and the connection, when
-        it can carry the client's next request."""
-        client.setblocking(False)
+    async def answer(self, head: bytes, client: IOStream) -> tuple[int, socket.socket | None]:
+        """Answer the request ``head`` on the connection of ``client`` (a stream detached from the broker's
+        handler); the status answered (0: not complete) and the connection, when it can carry the
+        client's next request.
+
+        The PACS's application gets a descriptor of its own and ``client`` is closed before it answers:
+        that stream, left open, would read the client's next request to see whether the client closed,
+        and the request would go with it (curl's ninth request on one connection hung so)."""
+        try:
+            own = socket.socket(fileno=os.dup(client.socket.fileno()))
+        finally:
+            client.close()
+        own.setblocking(False)
         self.answered += 1
-        status, kept = await serve_handed(self.server, head, client)
+        status, kept = await serve_handed(self.server, head, own)
         back = socket.socket(fileno=kept) if kept is not None else None
         if back is not None:
             back.setblocking(False)

@@ -18,7 +18,7 @@ from servers.pacs.handlers import PACSContext
 from servers.pacs.seed import seed
 from servers.pacs.settings import PACSSettings
 from servers.pacs.store import Store
-from servers.prefork import serve_forked
+from servers.prefork import add_processes_argument, serve_forked
 from servers.runtime import CLEANUP_KEY, Reservation, Served, ServerLoop, bind_unix, reserve
 
 
@@ -38,8 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="STOW-RS bodies larger than this are refused with 413")
     p.add_argument("--workers", type=int, default=PACSSettings.workers,
                    help="threads for blocking work, per process")
-    p.add_argument("--processes", type=_positive, default=1,
-                   help="worker processes sharing the port (default 1; the number of cores uses them all)")
+    add_processes_argument(p, "the number of cores uses them all")
     p.add_argument("--unsent-limit", type=_non_negative, metavar="BYTES",
                    default=PACSSettings.unsent_limit_bytes,
                    help="at most this much data left unsent in a TCP connection's send queue while "
@@ -54,13 +53,6 @@ def serve(loop: ServerLoop, settings: PACSSettings, reservation: Reservation) ->
     read by Tornado; the handler answers 413 past the limit itself)."""
     return loop.serve(lambda url: make_app(settings, url), reservation,
                       max_body_size=2 * settings.max_upload_bytes + 1024 * 1024)
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
 
 
 def _non_negative(text: str) -> int:
